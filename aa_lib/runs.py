@@ -1,0 +1,286 @@
+"""Batch runs of parameterized notebooks with papermill: `python -m aa_lib.runs all` (what `make figures` calls).
+
+A run spec is a YAML file `papermill_runs/<spec>.yaml`:
+
+    notebook: notebooks/agreement.ipynb   # executed with papermill
+    needs: [data_composition]             # specs whose results this one reads (run first)
+    parameters: {n_pairs: 300}            # injected into the cell tagged `parameters`
+    grid: {seed: [0, 1, 2]}               # optional: one run per combination
+    profiles: {paper: {parameters: {...}}}  # overrides for `--profile paper`
+
+Each run lands in `papermill_runs/<spec>/<run>/`: the executed notebook, `parameters.json`, the notebook's
+`results.json` and `manifest.json` (git commit, package versions, seed, host, duration). A run executes in a
+`.partial` folder that is renamed into place only when it succeeds, so a run killed halfway leaves nothing that
+looks finished and is redone cleanly. A finished run whose inputs are unchanged (notebook, parameters, profile, the
+results it reads) is skipped. One failing run is recorded in `<run>.failed/` and never takes the others with it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from aa_lib.media import write_text_atomic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNS_ROOT = REPO_ROOT / "papermill_runs"
+PROFILES = ("tiny", "paper")
+_VERSIONED = ("aa_lib", "torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "numpy",
+              "papermill", "matplotlib")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    notebook: Path
+    parameters: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    needs: list = field(default_factory=list)
+    profiles: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "RunSpec":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - {"notebook", "parameters", "grid", "needs", "profiles", "description"}
+        if unknown or "notebook" not in data:
+            raise ValueError(f"{path}: a run spec needs `notebook` and may have parameters/grid/needs/profiles; "
+                             f"unknown keys: {sorted(unknown)}")
+        return cls(name=Path(path).stem, notebook=REPO_ROOT / data["notebook"], parameters=data.get("parameters") or {},
+                   grid=data.get("grid") or {}, needs=list(data.get("needs") or []), profiles=data.get("profiles") or {})
+
+    def runs(self, profile: str = "tiny") -> list[tuple[str, dict]]:
+        """(run name, parameters) for every grid combination at this profile."""
+        over = self.profiles.get(profile, {})
+        base = {**self.parameters, **over.get("parameters", {}), "profile": profile}
+        grid = {**self.grid, **over.get("grid", {})}
+        keys = sorted(grid)
+        out = []
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            params = {**base, **dict(zip(keys, combo))}
+            name = "_".join(f"{k}-{v}" for k, v in zip(keys, combo)) or "default"
+            out.append((name if profile == "tiny" else f"{profile}_{name}", params))
+        return out
+
+
+def load_specs(runs_root: Path = RUNS_ROOT) -> dict[str, RunSpec]:
+    return {p.stem: RunSpec.from_file(p) for p in sorted(Path(runs_root).glob("*.yaml"))}
+
+
+def ordered(specs: dict[str, RunSpec], names: list[str] | None = None) -> list[RunSpec]:
+    """Specs in dependency order (the ones asked for, and what they need)."""
+    seen, out = set(), []
+
+    def visit(name, stack=()):
+        if name in stack:
+            raise ValueError(f"run specs depend on each other in a cycle: {' -> '.join((*stack, name))}")
+        if name in seen:
+            return
+        if name not in specs:
+            raise KeyError(f"no run spec {name!r} (have: {', '.join(specs)})")
+        for dep in specs[name].needs:
+            visit(dep, (*stack, name))
+        seen.add(name)
+        out.append(specs[name])
+
+    for name in names or list(specs):
+        visit(name)
+    return out
+
+
+# ---------------------------------------------------------------- results, for notebooks
+def save_results(output_dir: str | os.PathLike, results: dict) -> Path:
+    """Called by a notebook at its end: its numbers, as JSON, atomically."""
+    return write_text_atomic(Path(output_dir) / "results.json", json.dumps(results, indent=2, sort_keys=True, default=_jsonable))
+
+
+def load_results(spec: str, runs_root: str | os.PathLike = RUNS_ROOT, profile: str = "tiny") -> list[dict]:
+    """Every finished run of a spec at a profile: [{"run", "parameters", "results", "manifest"}], sorted by run name."""
+    out = []
+    for manifest_path in sorted(Path(runs_root, spec).glob("*/manifest.json")):
+        run_dir = manifest_path.parent
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("profile", "tiny") != profile:
+            continue
+        results_path = run_dir / "results.json"
+        out.append({"run": run_dir.name, "parameters": json.loads((run_dir / "parameters.json").read_text()),
+                    "results": json.loads(results_path.read_text()) if results_path.exists() else {},
+                    "manifest": manifest})
+    return out
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot write {type(x).__name__} into results.json")
+
+
+# ---------------------------------------------------------------- executing runs
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(spec: RunSpec, params: dict, runs_root: Path) -> str:
+    """What a run's outputs depend on: its notebook, its parameters and the results of the specs it reads."""
+    h = hashlib.sha256()
+    h.update(spec.notebook.read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for dep in sorted(spec.needs):
+        for res in sorted(Path(runs_root, dep).glob("*/results.json")):
+            h.update(res.parent.name.encode() + _sha(res.read_bytes()).encode())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "aa_lib", "notebooks"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+@dataclass
+class RunOutcome:
+    spec: str
+    run: str
+    status: str  # "done", "skipped", "failed"
+    seconds: float = 0.0
+    error: str = ""
+
+
+def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: bool = False,
+                timeout_s: float | None = None) -> RunOutcome:
+    runs_root = Path(runs_root)
+    final = runs_root / spec.name / run
+    fp = fingerprint(spec, params, runs_root)
+    manifest_path = final / "manifest.json"
+    if not force and manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fp:
+        return RunOutcome(spec.name, run, "skipped")
+    partial = runs_root / spec.name / f".{run}.partial"
+    failed = runs_root / spec.name / f"{run}.failed"
+    for stale in (partial, failed):  # leftovers of a killed or failed attempt are redone from scratch
+        shutil.rmtree(stale, ignore_errors=True)
+    partial.mkdir(parents=True)
+    injected = {**params, "output_dir": str(partial.resolve())}
+    write_text_atomic(partial / "parameters.json", json.dumps(params, indent=2, sort_keys=True))
+    params_file = partial / ".papermill_parameters.yaml"
+    params_file.write_text(yaml.safe_dump(injected))
+    start = time.time()
+    cmd = [sys.executable, "-m", "papermill", str(spec.notebook), str(partial / spec.notebook.name),
+           "-f", str(params_file), "--cwd", str(REPO_ROOT), "-k", "python3", "--no-progress-bar"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+        ok, log = proc.returncode == 0, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        ok, log = False, f"timed out after {timeout_s} s\n{e.stderr or ''}"
+    seconds = time.time() - start
+    params_file.unlink(missing_ok=True)
+    if not ok:
+        write_text_atomic(partial / "error.txt", log)
+        partial.rename(failed)
+        return RunOutcome(spec.name, run, "failed", seconds, _last_error(log))
+    manifest = {"spec": spec.name, "run": run, "notebook": str(spec.notebook.relative_to(REPO_ROOT)),
+                "profile": params.get("profile", "tiny"), "seed": params.get("seed"), "fingerprint": fp,
+                "git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
+                "python": platform.python_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+                "duration_s": round(seconds, 2)}
+    write_text_atomic(partial / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    if final.exists():  # an outdated finished run: replace it only now that the new one is complete
+        trash = final.with_name(f".{run}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        final.rename(trash)
+        shutil.rmtree(trash)
+    partial.rename(final)
+    return RunOutcome(spec.name, run, "done", seconds)
+
+
+def _last_error(log: str) -> str:
+    lines = [ln for ln in log.strip().splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    return (errs or lines or ["(no output)"])[-1][:500]
+
+
+def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
+              runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, log=print) -> list[RunOutcome]:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
+    specs = load_specs(runs_root)
+    outcomes: list[RunOutcome] = []
+    failed_specs: set[str] = set()
+    for spec in ordered(specs, names):
+        blocked = [d for d in spec.needs if d in failed_specs]
+        runs = spec.runs(profile)
+        if blocked:
+            failed_specs.add(spec.name)
+            outcomes += [RunOutcome(spec.name, r, "failed", error=f"needs {', '.join(blocked)}, which failed")
+                         for r, _ in runs]
+            log(f"[{spec.name}] not run: needs {', '.join(blocked)}, which failed")
+            continue
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(execute_run, spec, r, p, runs_root, force, timeout_s) for r, p in runs]
+            for fut in futures:
+                o = fut.result()
+                outcomes.append(o)
+                log(f"[{o.spec}/{o.run}] {o.status}" + (f" in {o.seconds:.0f} s" if o.status == "done" else "")
+                    + (f": {o.error}" if o.error else ""))
+                if o.status == "failed":
+                    failed_specs.add(spec.name)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aa_lib.runs", description=__doc__.split("\n")[0])
+    ap.add_argument("specs", nargs="*", help="spec names under papermill_runs/, or `all`")
+    ap.add_argument("--profile", default="tiny", choices=PROFILES)
+    ap.add_argument("--jobs", type=int, default=1, help="runs of one spec executed in parallel")
+    ap.add_argument("--force", action="store_true", help="redo finished runs (e.g. after changing aa_lib itself)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it counts as failed")
+    ap.add_argument("--runs-root", type=Path, default=RUNS_ROOT)
+    ap.add_argument("--list", action="store_true", help="list specs and their runs, execute nothing")
+    args = ap.parse_args(argv)
+    names = None if not args.specs or args.specs == ["all"] else args.specs
+    if args.list:
+        for spec in ordered(load_specs(args.runs_root), names):
+            print(f"{spec.name}: {spec.notebook.relative_to(REPO_ROOT)} needs={spec.needs} "
+                  f"runs={[r for r, _ in spec.runs(args.profile)]}")
+        return 0
+    outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=args.runs_root,
+                         timeout_s=args.timeout)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed")
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"  FAILED {o.spec}/{o.run}: {o.error}  (see papermill_runs/{o.spec}/{o.run}.failed/error.txt)")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

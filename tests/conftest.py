@@ -1,0 +1,6 @@
+import os
+
+# Nothing may come from the Hugging Face hub, in tests as at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,88 @@
+"""The batch runner executes real notebooks with papermill: outputs, skipping, failure isolation, resuming."""
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from aa_lib import runs
+
+
+def _notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("seed = 0\nfail_on = -1\noutput_dir = '.'\nprofile = 'tiny'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+BODY = """
+from aa_lib.runs import save_results
+if seed == fail_on:
+    raise RuntimeError(f"seed {seed} is set to fail")
+save_results(output_dir, {"value": seed * 10, "profile": profile})
+"""
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    nb = tmp_path / "nb.ipynb"
+    _notebook(nb, BODY)
+    monkeypatch.setattr(runs, "REPO_ROOT", tmp_path)
+    (tmp_path / "runs").mkdir()
+    return tmp_path
+
+
+def _spec(root, name, **data):
+    (root / "runs" / f"{name}.yaml").write_text(yaml.safe_dump({"notebook": "nb.ipynb", **data}))
+
+
+def test_runs_write_outputs_skip_when_unchanged_and_isolate_failures(root):
+    _spec(root, "exp", grid={"seed": [0, 1, 2]}, parameters={"fail_on": 1})
+    out = runs.run_specs(["exp"], runs_root=root / "runs", jobs=2, log=lambda *_: None)
+    status = {o.run: o.status for o in out}
+    assert status == {"seed-0": "done", "seed-1": "failed", "seed-2": "done"}
+    assert "seed 1 is set to fail" in next(o.error for o in out if o.status == "failed")
+    done = root / "runs" / "exp" / "seed-2"
+    assert json.loads((done / "results.json").read_text()) == {"value": 20, "profile": "tiny"}
+    manifest = json.loads((done / "manifest.json").read_text())
+    assert manifest["seed"] == 2 and manifest["fingerprint"] and "torch" in manifest["versions"]
+    assert (done / "nb.ipynb").exists() and (root / "runs" / "exp" / "seed-1.failed" / "error.txt").exists()
+    assert [r["run"] for r in runs.load_results("exp", root / "runs")] == ["seed-0", "seed-2"]
+
+    # Second pass: finished runs are skipped, the failed one is tried again (and fails again).
+    again = {o.run: o.status for o in runs.run_specs(["exp"], runs_root=root / "runs", log=lambda *_: None)}
+    assert again == {"seed-0": "skipped", "seed-1": "failed", "seed-2": "skipped"}
+
+    # A changed parameter changes the fingerprint: the run is redone.
+    _spec(root, "exp", grid={"seed": [0, 1, 2]}, parameters={"fail_on": 5})
+    third = {o.run: o.status for o in runs.run_specs(["exp"], runs_root=root / "runs", log=lambda *_: None)}
+    assert third == {"seed-0": "done", "seed-1": "done", "seed-2": "done"}
+    assert not (root / "runs" / "exp" / "seed-1.failed").exists()
+
+
+def test_killed_run_is_redone_and_dependents_wait_for_their_needs(root):
+    _spec(root, "exp", grid={"seed": [3]})
+    _spec(root, "fig", needs=["exp"])
+    partial = root / "runs" / "exp" / ".seed-3.partial"
+    partial.mkdir(parents=True)
+    (partial / "results.json").write_text("{half written")  # what a kill halfway leaves behind
+    out = runs.run_specs(["fig"], runs_root=root / "runs", log=lambda *_: None)
+    assert [(o.spec, o.status) for o in out] == [("exp", "done"), ("fig", "done")]
+    assert not partial.exists()
+    assert runs.load_results("exp", root / "runs")[0]["results"]["value"] == 30
+
+
+def test_dependents_of_a_failed_spec_are_reported_not_run(root):
+    _spec(root, "exp", grid={"seed": [0]}, parameters={"fail_on": 0})
+    _spec(root, "fig", needs=["exp"])
+    out = runs.run_specs(None, runs_root=root / "runs", log=lambda *_: None)
+    assert [(o.spec, o.status) for o in out] == [("exp", "failed"), ("fig", "failed")]
+    assert "needs exp" in out[1].error
+
+
+def test_spec_errors_are_clear(root):
+    (root / "runs" / "bad.yaml").write_text("notebok: nb.ipynb\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        runs.load_specs(root / "runs")
