@@ -66,3 +66,65 @@ def save_table(df: pd.DataFrame, name: str, out_dir: str | os.PathLike = FIGURES
     md = (f"**{title}**\n\n" if title else "") + to_markdown(df, floatfmt)
     return [write_text_atomic(Path(out_dir) / f"{name}.csv", df.to_csv(index=False)),
             write_text_atomic(Path(out_dir) / f"{name}.md", md)]
+
+
+# ---------------------------------------------------------------- the data figures (Table 1, Figs. 2/12)
+def plot_agreement(ours: pd.DataFrame, paper: pd.DataFrame, note: str = ""):
+    """Table 1 as bars: agreement (%) without / with language feedback per subtask, ours beside the paper's.
+    Both frames have columns subtask, without_lf_mean, without_lf_std, with_lf_mean, with_lf_std."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, (label, df) in zip(axes, ((OURS, ours), (PAPER, paper))):
+        x = np.arange(len(df))
+        for k, (col, name, color) in enumerate((("without_lf", "binary feedback only", "#999999"),
+                                                ("with_lf", "with language feedback", PALETTE["ours"]))):
+            ax.bar(x + (k - 0.5) * 0.38, df[f"{col}_mean"], 0.38, yerr=df[f"{col}_std"], capsize=3,
+                   color=color, label=name)
+        ax.set_xticks(x, df["subtask"])
+        ax.set_title(label)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("pairwise annotator agreement (%)")
+    axes[1].legend(loc="lower right", fontsize=8)
+    if note:
+        fig.text(0.5, -0.04, note, ha="center", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_composition(counts: pd.DataFrame):
+    """Fig. 2 / Fig. 12 (left): rows per subtask, stacked by prompt type. `counts`: subtask, prompt_type, rows."""
+    import matplotlib.pyplot as plt
+
+    set_style()
+    table = counts.pivot_table(index="subtask", columns="prompt_type", values="rows", aggfunc="sum", fill_value=0)
+    table = table.loc[[s for s in counts["subtask"].drop_duplicates()]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bottom = None
+    colors = plt.get_cmap("tab20").colors
+    for k, col in enumerate(table.columns):
+        ax.bar(table.index, table[col], bottom=bottom, label=col, color=colors[k % len(colors)])
+        bottom = table[col] if bottom is None else bottom + table[col]
+    ax.set_ylabel("preference pairs (rows)")
+    ax.set_title("Composition by subtask and prompt type")
+    ax.legend(ncol=2, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title="prompt type")
+    fig.tight_layout()
+    return fig
+
+
+def plot_embedding_map(points: pd.DataFrame):
+    """Fig. 2 / Fig. 12 (right): 2-D map of prompt embeddings coloured by subtask. `points`: subtask, x, y."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    set_style()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sns.scatterplot(data=points, x="x", y="y", hue="subtask", s=12, alpha=0.7, linewidth=0, ax=ax)
+    ax.set_xlabel("PC 1 of all-MiniLM-L6-v2 prompt embeddings")
+    ax.set_ylabel("PC 2")
+    ax.set_title("Text prompt distribution across subtasks")
+    ax.legend(fontsize=7, markerscale=1.5, title="subtask")
+    fig.tight_layout()
+    return fig
