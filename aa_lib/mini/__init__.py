@@ -12,6 +12,10 @@ with and without language feedback. Every random thing takes a seed.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+from pathlib import Path
 
 from aa_lib.mini.annotators import agreement, annotate, label_study, pairwise_agreement
 from aa_lib.mini.build import generate, heldout_prompts, make_split, media_bytes, prompt_types, write
@@ -21,7 +25,7 @@ from aa_lib.mini.respondents import RESPONDENTS, Respondent
 from aa_lib.mini.rubric import WEIGHTS, judge_pair, rubric_score
 from aa_lib.mini import world
 from aa_lib.mini.world import PROMPT_TYPES, REFUSAL, WorldConfig, make_config, make_item
-from aa_lib.subtasks import SUBTASKS
+from aa_lib.subtasks import SUBTASKS, get_subtask
 
 TEXT_COLUMNS_EXCLUDED = ("mini_meta",)
 
@@ -44,6 +48,24 @@ def _corpus(n: int, seed: int) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def dataset(subtask: str, n: int, seed: int = 0, split: str = "train", root: str | os.PathLike = ".cache/mini",
+            fmt: str = "jsonl", **world_options):
+    """A mini split on disk, loaded through `aa_lib.data.load` exactly as a user's real data would be.
+
+    Written once under `root/<subtask>-<split>-n<n>-s<seed>[-<options hash>]/` (atomic writes); later calls only load.
+    """
+    from aa_lib import data
+
+    tag = ""
+    if world_options:
+        tag = "-" + hashlib.sha256(json.dumps(world_options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    out_dir = Path(root) / f"{get_subtask(subtask).name}-{split}-n{n}-s{seed}{tag}"
+    path = out_dir / f"{get_subtask(subtask).name}.{fmt}"
+    if not path.exists():
+        write(generate(subtask, n, seed=seed, split=split, **world_options), out_dir, fmt=fmt)
+    return data.load(path, subtask, media_root=out_dir)
+
+
 def corpus(n_rows: int = 60, seed: int = 1234) -> list[str]:
     """Text the world produces (prompts, references, responses, rationales, critiques, feedback) for tokenizers."""
     return list(_corpus(n_rows, seed))
@@ -55,7 +77,7 @@ def vocabulary(n_rows: int = 60, seed: int = 1234) -> list[str]:
 
 
 __all__ = [
-    "generate", "write", "make_split", "heldout_prompts", "media_bytes", "prompt_types", "corpus", "vocabulary",
+    "dataset", "generate", "write", "make_split", "heldout_prompts", "media_bytes", "prompt_types", "corpus", "vocabulary",
     "rubric_score", "judge_pair", "annotate", "agreement", "label_study", "pairwise_agreement",
     "read_image", "read_video", "read_audio", "render_scene", "make_item", "make_config", "WorldConfig",
     "RESPONDENTS", "Respondent", "PROMPT_TYPES", "WEIGHTS",

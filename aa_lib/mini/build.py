@@ -92,6 +92,12 @@ def make_row(subtask: str, i: int, seed: int = 0, split: str = "train", cfg: Wor
         faults.append(f)
         if st.text_output:
             resp = respond_text(item, f, rng, cfg)
+            for _ in range(5):  # a pair of identical answers carries no preference: let the second respondent retry
+                if k == 1 or resp != row[st.response_columns[0]]:
+                    break
+                f = sample_faults(RESPONDENTS[name], item, rng)
+                faults[-1] = f
+                resp = respond_text(item, f, rng, cfg)
             row[st.response_columns[k - 1]] = resp
             assessments.append(rubric.assess(item, resp, cfg))
         else:

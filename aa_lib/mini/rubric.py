@@ -73,7 +73,7 @@ class Assessment:
 
     def add(self, dim: str, score: int, critique: str | None = None, refinement: str | None = None):
         """Lower `dim` to at most `score`, recording the issue."""
-        self.scores[dim] = min(self.scores.get(dim, 3), int(score))
+        self.scores[dim] = max(0, min(self.scores.get(dim, 3), int(score)))  # scores live in 0-3
         if critique:
             self.issues.setdefault(dim, []).append((critique, refinement or "fix this ."))
 

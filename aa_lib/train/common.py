@@ -1,0 +1,163 @@
+"""What every aa_lib trainer shares: loading a model folder for training, freezing towers/projectors, LoRA targets,
+CPU-friendly defaults, and saving a finished model as a plain Hugging Face folder (atomically).
+
+A trained model is always saved as a full model folder (LoRA adapters merged in), with its processor, so the next
+stage (DPO after SFT, PPO after the reward model) loads it with `aa_lib.models.load_model` like any other.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from aa_lib.models import get_family, load_model, submodules
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class AAOptions:
+    """aa_lib's options on top of a TRL config, and TRL/transformers defaults changed for 2-core CPU runs.
+
+    Mixed into each method's config (`SFTConfig`, `DPOConfig`, `RewardConfig`) before the TRL base class, so the
+    defaults below win over TRL's (which turn bf16 on, for one).
+    """
+
+    family: str | None = field(default=None, metadata={"help": "aa_lib model family; None: from config.model_type."})
+    freeze_tower: bool = field(default=False, metadata={"help": "Freeze the vision/audio tower (FAMILIES[f].towers)."})
+    freeze_projector: bool = field(default=False, metadata={"help": "Freeze the media projector (FAMILIES[f].projectors)."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model; 0 trains full weights."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: tuple[str, ...] = field(
+        default=LORA_TARGETS, metadata={"help": "Linear layer names of the language model that get LoRA adapters."})
+    num_frames: int | None = field(default=None, metadata={"help": "Frames sampled per video (None: all frames)."})
+    # CPU-friendly defaults (the `paper` profile sets bf16 / gradient checkpointing on GPU hosts).
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (off: CPU default)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing (off: CPU default)."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Logging integrations (none)."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing (the final model is saved anyway)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every n optimizer steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, shuffling and dropout."})
+    data_seed: int | None = field(default=0, metadata={"help": "Seed of the data sampler."})
+
+
+def freeze(model: torch.nn.Module, family: str, tower: bool = False, projector: bool = False) -> list[str]:
+    """Turn off gradients of the family's media tower and/or projector; returns the frozen module names."""
+    fam = get_family(family)
+    names = (list(fam.towers) if tower else []) + (list(fam.projectors) if projector else [])
+    for module in submodules(model, names):
+        module.requires_grad_(False)
+    return names
+
+
+def media_module_names(family: str) -> tuple[str, ...]:
+    """Modules outside the language model: towers, projectors, image-generation modules."""
+    fam = get_family(family)
+    return (*fam.towers, *fam.projectors, *fam.generation_modules)
+
+
+def lora_config(model: torch.nn.Module, family: str, r: int, alpha: int, dropout: float = 0.0,
+                targets=LORA_TARGETS):
+    """A PEFT LoraConfig whose targets are the language model's linear layers named in `targets`.
+
+    Target names are given as full module paths: a bare "q_proj" would also hit the vision/audio tower's attention.
+    """
+    from peft import LoraConfig
+
+    outside = media_module_names(family)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets
+             and not any(n == o or n.startswith(o + ".") for o in outside)]
+    if not names:
+        raise ValueError(f"family {family}: no linear layer named {list(targets)} in the language model")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+
+
+def load_for_training(model_path, config: AAOptions):
+    """(model, processor, family) from a model folder, with the config's freezing applied (LoRA comes later)."""
+    model, processor = load_model(model_path, family=config.family)
+    family = config.family or _family_of(model)
+    freeze(model, family, tower=config.freeze_tower, projector=config.freeze_projector)
+    return model, processor, family
+
+
+def _family_of(model) -> str:
+    from aa_lib.models import family_for_model_type
+
+    return family_for_model_type(model.config.model_type)
+
+
+def peft_config_for(model, family: str, config: AAOptions):
+    if not config.lora_r:
+        return None
+    return lora_config(model, family, config.lora_r, config.lora_alpha, config.lora_dropout,
+                       tuple(config.lora_target_modules))
+
+
+def is_multimodal(family: str) -> bool:
+    return bool(get_family(family).modalities)
+
+
+def as_dataset(data):
+    """A datasets.Dataset from a Dataset or a list of example dicts, with `aa_row` (the row number errors name)."""
+    import datasets
+
+    ds = data if isinstance(data, datasets.Dataset) else datasets.Dataset.from_list(list(data))
+    if "aa_row" not in ds.column_names:
+        ds = ds.add_column("aa_row", list(range(len(ds))))
+    return ds
+
+
+def write_folder_atomic(out_dir, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` into a temporary sibling folder, then swap it into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def unwrap_peft(model):
+    """The plain model: LoRA adapters merged in (a PeftModel) or the model itself."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Save a trained model (adapters merged) + processor as a loadable folder, atomically."""
+    plain = unwrap_peft(model)
+
+    def write(tmp: Path):
+        plain.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tok = getattr(processor, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(tmp)  # AutoTokenizer on the folder works too (as in build_tiny)
+        spec = Path(str(source_path)) / "aa_tiny_spec.json" if source_path is not None else None
+        if spec is not None and spec.exists():
+            shutil.copy(spec, tmp / spec.name)  # keeps load_model's float32 default for tiny models
+        if extra is not None:
+            extra(tmp)
+
+    return write_folder_atomic(out_dir, write)
