@@ -15,6 +15,11 @@ import pandas as pd
 from aa_lib.media import write_bytes_atomic, write_text_atomic
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "paper_figures"
+
+
+def figures_dir() -> Path:
+    """Where figures go: `$AA_FIGURES_DIR` (set by the batch runner for smoke runs) or the repository's paper_figures/."""
+    return Path(os.environ.get("AA_FIGURES_DIR") or FIGURES_DIR)
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"  # copied verbatim from shared/paper/reported
 OURS, PAPER = "aa_lib (tiny profile, measured)", "paper (reported)"
 PALETTE = {"ours": "#1f77b4", "paper": "#bbbbbb"}
@@ -38,13 +43,13 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="deep", font_scale=1.1)
 
 
-def save_figure(fig, name: str, out_dir: str | os.PathLike = FIGURES_DIR) -> list[Path]:
+def save_figure(fig, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """`<name>.png` and `<name>.pdf`, without the timestamps that would make reruns differ."""
     paths = []
     for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "ModDate": None, "Producer": None})):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, bbox_inches="tight", metadata=meta)
-        paths.append(write_bytes_atomic(Path(out_dir) / f"{name}.{fmt}", buf.getvalue()))
+        paths.append(write_bytes_atomic(Path(out_dir or figures_dir()) / f"{name}.{fmt}", buf.getvalue()))
     return paths
 
 
@@ -60,10 +65,11 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_table(df: pd.DataFrame, name: str, out_dir: str | os.PathLike = FIGURES_DIR, title: str | None = None,
+def save_table(df: pd.DataFrame, name: str, out_dir: str | os.PathLike | None = None, title: str | None = None,
                floatfmt: str = "{:.2f}") -> list[Path]:
     """`<name>.csv` (full precision) and `<name>.md` (rounded, with an optional title line)."""
     md = (f"**{title}**\n\n" if title else "") + to_markdown(df, floatfmt)
+    out_dir = out_dir or figures_dir()
     return [write_text_atomic(Path(out_dir) / f"{name}.csv", df.to_csv(index=False)),
             write_text_atomic(Path(out_dir) / f"{name}.md", md)]
 

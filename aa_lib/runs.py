@@ -50,22 +50,25 @@ class RunSpec:
     grid: dict = field(default_factory=dict)
     needs: list = field(default_factory=list)
     profiles: dict = field(default_factory=dict)
+    smoke: dict = field(default_factory=dict)  # parameter overrides for a seconds-long check run (tests)
 
     @classmethod
     def from_file(cls, path: Path) -> "RunSpec":
         data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"notebook", "parameters", "grid", "needs", "profiles", "description"}
+        unknown = set(data) - {"notebook", "parameters", "grid", "needs", "profiles", "smoke", "description"}
         if unknown or "notebook" not in data:
             raise ValueError(f"{path}: a run spec needs `notebook` and may have parameters/grid/needs/profiles; "
                              f"unknown keys: {sorted(unknown)}")
         return cls(name=Path(path).stem, notebook=REPO_ROOT / data["notebook"], parameters=data.get("parameters") or {},
-                   grid=data.get("grid") or {}, needs=list(data.get("needs") or []), profiles=data.get("profiles") or {})
+                   grid=data.get("grid") or {}, needs=list(data.get("needs") or []), profiles=data.get("profiles") or {},
+                   smoke=data.get("smoke") or {})
 
-    def runs(self, profile: str = "tiny") -> list[tuple[str, dict]]:
-        """(run name, parameters) for every grid combination at this profile."""
+    def runs(self, profile: str = "tiny", smoke: bool = False) -> list[tuple[str, dict]]:
+        """(run name, parameters) for every grid combination at this profile (at smoke size on request)."""
         over = self.profiles.get(profile, {})
-        base = {**self.parameters, **over.get("parameters", {}), "profile": profile}
-        grid = {**self.grid, **over.get("grid", {})}
+        small = self.smoke if smoke else {}
+        base = {**self.parameters, **over.get("parameters", {}), **small.get("parameters", {}), "profile": profile}
+        grid = {**self.grid, **over.get("grid", {}), **small.get("grid", {})}
         keys = sorted(grid)
         out = []
         for combo in itertools.product(*(grid[k] for k in keys)):
@@ -106,8 +109,14 @@ def save_results(output_dir: str | os.PathLike, results: dict) -> Path:
     return write_text_atomic(Path(output_dir) / "results.json", json.dumps(results, indent=2, sort_keys=True, default=_jsonable))
 
 
-def load_results(spec: str, runs_root: str | os.PathLike = RUNS_ROOT, profile: str = "tiny") -> list[dict]:
+def runs_root_default() -> Path:
+    """`$AA_RUNS_ROOT` (set by the runner, so a figure notebook reads the runs of its own batch) or papermill_runs/."""
+    return Path(os.environ.get("AA_RUNS_ROOT") or RUNS_ROOT)
+
+
+def load_results(spec: str, runs_root: str | os.PathLike | None = None, profile: str = "tiny") -> list[dict]:
     """Every finished run of a spec at a profile: [{"run", "parameters", "results", "manifest"}], sorted by run name."""
+    runs_root = runs_root or runs_root_default()
     out = []
     for manifest_path in sorted(Path(runs_root, spec).glob("*/manifest.json")):
         run_dir = manifest_path.parent
@@ -176,7 +185,7 @@ class RunOutcome:
 
 
 def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: bool = False,
-                timeout_s: float | None = None) -> RunOutcome:
+                timeout_s: float | None = None, figures_dir: Path | None = None) -> RunOutcome:
     runs_root = Path(runs_root)
     final = runs_root / spec.name / run
     fp = fingerprint(spec, params, runs_root)
@@ -195,7 +204,10 @@ def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: b
     start = time.time()
     cmd = [sys.executable, "-m", "papermill", str(spec.notebook), str(partial / spec.notebook.name),
            "-f", str(params_file), "--cwd", str(REPO_ROOT), "-k", "python3", "--no-progress-bar"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
+           "AA_RUNS_ROOT": str(runs_root.resolve())}
+    if figures_dir is not None:
+        env["AA_FIGURES_DIR"] = str(Path(figures_dir).resolve())
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
         ok, log = proc.returncode == 0, proc.stdout + proc.stderr
@@ -229,15 +241,17 @@ def _last_error(log: str) -> str:
 
 
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
-              runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, log=print) -> list[RunOutcome]:
+              runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, smoke: bool = False,
+              figures_dir: Path | None = None, specs_root: Path | None = None, log=print) -> list[RunOutcome]:
+    """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`, in dependency order."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
-    specs = load_specs(runs_root)
+    specs = load_specs(specs_root or runs_root)
     outcomes: list[RunOutcome] = []
     failed_specs: set[str] = set()
     for spec in ordered(specs, names):
         blocked = [d for d in spec.needs if d in failed_specs]
-        runs = spec.runs(profile)
+        runs = spec.runs(profile, smoke=smoke)
         if blocked:
             failed_specs.add(spec.name)
             outcomes += [RunOutcome(spec.name, r, "failed", error=f"needs {', '.join(blocked)}, which failed")
@@ -245,7 +259,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
             log(f"[{spec.name}] not run: needs {', '.join(blocked)}, which failed")
             continue
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(execute_run, spec, r, p, runs_root, force, timeout_s) for r, p in runs]
+            futures = [pool.submit(execute_run, spec, r, p, Path(runs_root), force, timeout_s, figures_dir) for r, p in runs]
             for fut in futures:
                 o = fut.result()
                 outcomes.append(o)
@@ -265,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it counts as failed")
     ap.add_argument("--runs-root", type=Path, default=RUNS_ROOT)
     ap.add_argument("--list", action="store_true", help="list specs and their runs, execute nothing")
+    ap.add_argument("--smoke", action="store_true", help="each spec at its `smoke` size (a quick check, not results)")
+    ap.add_argument("--figures-dir", type=Path, default=None, help="write figures here instead of paper_figures/")
     args = ap.parse_args(argv)
     names = None if not args.specs or args.specs == ["all"] else args.specs
     if args.list:
@@ -272,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name}: {spec.notebook.relative_to(REPO_ROOT)} needs={spec.needs} "
                   f"runs={[r for r, _ in spec.runs(args.profile)]}")
         return 0
-    outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=args.runs_root,
-                         timeout_s=args.timeout)
+    runs_root, figures_dir = args.runs_root, args.figures_dir
+    if args.smoke:  # smoke runs never mix with real ones: their own runs folder and figures folder
+        runs_root = args.runs_root / ".smoke"
+        figures_dir = figures_dir or runs_root / "figures"
+    outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=runs_root,
+                         timeout_s=args.timeout, smoke=args.smoke, figures_dir=figures_dir, specs_root=args.runs_root)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed")
     for o in outcomes:

@@ -1,0 +1,155 @@
+"""The two LLF prompts of SPEC §3 (critique request, refinement), feedback-model training, and self-improvement."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from aa_lib.data import CRITIQUE_REQUEST, CRITIQUE_REQUEST_AUDIO
+from aa_lib.llf.generation import MEDIA_COLUMNS, GenerationOptions, example_key, generate_detailed
+
+# SPEC §3.2: the upstream self-improvement prompt (the critique is pasted in as the model wrote it).
+REFINE_TEMPLATE = "{critique}. Now, please refine the response based on the critique and refinement suggestions."
+
+
+# ---------------------------------------------------------------------------------------------------- conversations
+def _typed(messages: list[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) for m in messages)
+
+
+def _msg(role: str, text: str, typed: bool) -> dict:
+    return {"role": role, "content": [{"type": "text", "text": text}] if typed else text}
+
+
+def _has_audio(example: dict) -> bool:
+    return bool(example.get("audios"))
+
+
+def _media_of(example: dict) -> dict:
+    return {k: example[k] for k in MEDIA_COLUMNS if example.get(k)}
+
+
+def critique_example(example: dict, response: str) -> dict:
+    """The feedback model's prompt (SPEC §3.1): user x (+ media); assistant y; user critique request."""
+    prompt = list(example["prompt"])
+    typed = _typed(prompt)
+    request = CRITIQUE_REQUEST_AUDIO if _has_audio(example) else CRITIQUE_REQUEST
+    return {"prompt": prompt + [_msg("assistant", response, typed), _msg("user", request, typed)],
+            **_media_of(example)}
+
+
+def refine_example(example: dict, response: str, critique: str) -> dict:
+    """The policy's self-improvement prompt (SPEC §3.2): user x; assistant y; user "{c}. Now, please refine ...". """
+    prompt = list(example["prompt"])
+    typed = _typed(prompt)
+    return {"prompt": prompt + [_msg("assistant", response, typed),
+                                _msg("user", REFINE_TEMPLATE.format(critique=critique), typed)],
+            **_media_of(example)}
+
+
+# ---------------------------------------------------------------------------------------------------- feedback model
+def train_feedback_model(config, base_model_path, feedback_dataset, *, subtask=None, fraction: float = 1.0) -> Path:
+    """Train a feedback model (SPEC §3.1): SFT of `base_model_path` on (x, y) -> c, loss on the critique only.
+
+    `feedback_dataset`: a normalized align-anything Dataset (converted with `aa_lib.data.to_feedback_sft`) or
+    feedback-SFT examples already (`prompt` / `completion`). `fraction` < 1 trains on that share of the rows
+    (Fig. 5), drawn with `config.seed`. `config` is an `aa_lib.train.sft.SFTConfig`; returns its output_dir.
+    """
+    from aa_lib.train.sft import train_sft
+
+    return train_sft(config, base_model_path, feedback_sft_examples(feedback_dataset, subtask=subtask,
+                                                                    fraction=fraction, seed=config.seed))
+
+
+def build_feedback_trainer(config, base_model_path, feedback_dataset, *, subtask=None, fraction: float = 1.0):
+    """The SFT trainer `train_feedback_model` runs (to inspect its batches)."""
+    from aa_lib.train.sft import build_sft_trainer
+
+    return build_sft_trainer(config, base_model_path, feedback_sft_examples(feedback_dataset, subtask=subtask,
+                                                                            fraction=fraction, seed=config.seed))
+
+
+def feedback_sft_examples(dataset, *, subtask=None, fraction: float = 1.0, seed: int = 0):
+    import datasets
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if isinstance(dataset, list):
+        dataset = datasets.Dataset.from_list(dataset)
+    if fraction < 1:  # a share of the annotated rows (Fig. 5), before the two-per-row expansion
+        n = max(1, round(fraction * len(dataset)))
+        idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+        dataset = dataset.select(idx)
+    if {"prompt", "completion"} <= set(dataset.column_names):
+        return dataset
+    from aa_lib.data import to_feedback_sft
+
+    return to_feedback_sft(dataset, subtask=subtask)
+
+
+# ---------------------------------------------------------------------------------------------------- self-improving
+def _as_model(model_or_path, processor=None):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from aa_lib.models import load_model
+
+        return load_model(model_or_path)
+    if processor is None:
+        raise ValueError("a model object needs its processor (pass processor= / feedback_processor=)")
+    return model_or_path, processor
+
+
+def _improve(policy, processor, feedback, feedback_processor, examples: list[dict], keys: list[str],
+             policy_options, feedback_options, refine_options, batch_size: int, seed: int) -> list[dict]:
+    """One self-improvement pass over `examples`: y, c, y* with their generation details."""
+    ys = generate_detailed(policy, processor, examples, policy_options, batch_size, seed, [k + ":y" for k in keys])
+    crit_ex = [critique_example(ex, y.text) for ex, y in zip(examples, ys)]
+    cs = generate_detailed(feedback, feedback_processor, crit_ex, feedback_options, batch_size, seed,
+                           [k + ":c" for k in keys])
+    ref_ex = [refine_example(ex, y.text, c.text) for ex, y, c in zip(examples, ys, cs)]
+    ss = generate_detailed(policy, processor, ref_ex, refine_options, batch_size, seed, [k + ":r" for k in keys])
+    return [{"y": y.text, "c": c.text, "y_star": s.text, "y_tokens": y.n_tokens, "y_star_tokens": s.n_tokens,
+             "y_finished": y.finished, "c_finished": c.finished, "y_star_finished": s.finished}
+            for y, c, s in zip(ys, cs, ss)]
+
+
+def self_improve(policy, prompts, feedback_model=None, *, processor=None, feedback_processor=None,
+                 policy_options=None, feedback_options=None, refine_options=None, batch_size: int = 8,
+                 seed: int = 0) -> list[dict]:
+    """y ~ policy(x); c = feedback_model(x, y); y* = policy(x, y, c) for each prompt example (SPEC §3.2).
+
+    `policy` / `feedback_model`: a model folder or a loaded model (then pass its processor). `feedback_model=None`
+    makes the policy its own feedback model (Table 3, "w/o feedback model"). Defaults: y sampled at temperature 1,
+    c and y* greedy. Returns one dict per prompt: y, c, y_star (+ token counts and EOS flags).
+    """
+    policy, processor = _as_model(policy, processor)
+    if feedback_model is None:
+        feedback_model, feedback_processor = policy, processor
+    else:
+        feedback_model, feedback_processor = _as_model(feedback_model, feedback_processor)
+    examples = [dict(ex) for ex in _prompt_rows(prompts)]
+    keys = [example_key(ex) for ex in examples]
+    return _improve(policy, processor, feedback_model, feedback_processor, examples, keys,
+                    policy_options or GenerationOptions(do_sample=True), feedback_options, refine_options,
+                    batch_size, seed)
+
+
+def _prompt_rows(prompts):
+    import datasets
+
+    if isinstance(prompts, datasets.Dataset):
+        return _prompt_dataset(prompts)
+    return list(prompts)
+
+
+def _prompt_dataset(prompts, subtask=None):
+    """A Dataset of generation prompts (`prompt` + media lists): as given, from a list, or via data.to_prompts."""
+    import datasets
+
+    if isinstance(prompts, list):
+        prompts = datasets.Dataset.from_list(prompts)
+    if "prompt" not in prompts.column_names:
+        from aa_lib.data import to_prompts
+
+        prompts = to_prompts(prompts, subtask=subtask)
+    return prompts.select_columns(["prompt"] + [c for c in MEDIA_COLUMNS if c in prompts.column_names])
