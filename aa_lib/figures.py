@@ -134,3 +134,29 @@ def plot_embedding_map(points: pd.DataFrame):
     ax.legend(fontsize=7, markerscale=1.5, title="subtask")
     fig.tight_layout()
     return fig
+
+
+def plot_human_ai_agreement(table: pd.DataFrame):
+    """Fig. 13: human-AI agreement (%) per subtask, for each modality-agnostic dimension and the overall preference.
+    `table`: subtask, dimension, agreement (mean over seeds), agreement_std."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    set_style()
+    subtasks = list(dict.fromkeys(table["subtask"]))
+    dims = list(dict.fromkeys(table["dimension"]))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / len(dims)
+    colors = plt.get_cmap("tab10").colors
+    for k, dim in enumerate(dims):
+        sub = table[table["dimension"] == dim].set_index("subtask").reindex(subtasks)
+        x = np.arange(len(subtasks)) + (k - (len(dims) - 1) / 2) * width
+        ax.bar(x, sub["agreement"], width, yerr=sub.get("agreement_std"), capsize=2, label=dim.replace("_", " "),
+               color="#333333" if dim == "overall" else colors[k % 10])
+    ax.set_xticks(np.arange(len(subtasks)), subtasks)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("human-AI agreement (%)")
+    ax.set_title(f"{OURS}: simulated annotators vs the AI (rubric) annotation")
+    ax.legend(ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    fig.tight_layout()
+    return fig

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from aa_lib.mini.annotators import agreement, annotate, label_study, pairwise_agreement
+from aa_lib.mini.annotators import agreement, annotate, human_ai_agreement, label_study, pairwise_agreement
 from aa_lib.mini.build import generate, heldout_prompts, make_split, media_bytes, prompt_types, write
 from aa_lib.mini.checker import read_audio, read_image, read_video
 from aa_lib.mini.render import render as render_scene
@@ -78,7 +78,7 @@ def vocabulary(n_rows: int = 60, seed: int = 1234) -> list[str]:
 
 __all__ = [
     "dataset", "generate", "write", "make_split", "heldout_prompts", "media_bytes", "prompt_types", "corpus", "vocabulary",
-    "rubric_score", "judge_pair", "annotate", "agreement", "label_study", "pairwise_agreement",
+    "rubric_score", "judge_pair", "annotate", "agreement", "human_ai_agreement", "label_study", "pairwise_agreement",
     "read_image", "read_video", "read_audio", "render_scene", "make_item", "make_config", "WorldConfig",
     "RESPONDENTS", "Respondent", "PROMPT_TYPES", "WEIGHTS",
 ]

@@ -57,9 +57,10 @@ def detect_probs(subtask, protocol: str) -> dict[str, float]:
     return out
 
 
-def annotate(rows: list[dict], protocol: str, n_annotators: int = 10, seed: int = 0, subtask: str | None = None
-             ) -> np.ndarray:
-    """Choices (n_annotators, n_rows) in {1, 2} of simulated annotators labelling each row's pair under `protocol`."""
+def annotate(rows: list[dict], protocol: str, n_annotators: int = 10, seed: int = 0, subtask: str | None = None,
+             dimension: str | None = None) -> np.ndarray:
+    """Choices (n_annotators, n_rows) in {1, 2} of simulated annotators labelling each row's pair under `protocol`:
+    the overall preference, or the preference on one `dimension` (then only that dimension's deficits count)."""
     if not rows:
         raise ValueError("annotate needs at least one row")
     st = get_subtask(subtask or json.loads(rows[0]["mini_meta"])["subtask"])
@@ -70,6 +71,8 @@ def annotate(rows: list[dict], protocol: str, n_annotators: int = 10, seed: int 
     except KeyError as e:
         raise KeyError(f"annotate: a row lacks the rate column {e} of subtask {st.name}") from None
     weights = np.array([WEIGHTS.get(d.name, 1.0) for d in dims])
+    if dimension is not None:
+        weights = np.array([1.0 if d.name == st.dimension(dimension).name else 0.0 for d in dims])
     p = np.array([probs[d.name] for d in dims])
     rng = np.random.default_rng([seed, 7])
     n = len(rows)
@@ -128,3 +131,37 @@ def agreement(labels: pd.DataFrame) -> pd.DataFrame:
             rec[f"{col}_std"] = round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 2)
         table.append(rec)
     return pd.DataFrame(table)
+
+
+# The paper's Fig. 13 looks at the dimensions every subtask shares, and the overall preference.
+MODALITY_AGNOSTIC = ("prompt_following", "objective_rules", "information_richness", "safety")
+
+
+def human_ai_agreement(rows: list[dict], n_annotators: int = 10, seed: int = 0, subtask: str | None = None,
+                       protocol: str = "feedback") -> pd.DataFrame:
+    """Fig. 13 analogue: % of (annotator, pair) labels on which a simulated human agrees with the AI annotation.
+
+    The AI annotation is the row's own label (`<x>_response` per dimension, the overall column): in the mini world
+    it is the rubric's verdict, which reads the media through the checkers, as GPT-4o / Gemini annotated the real
+    data jointly with humans. Columns: subtask, dimension, agreement, n_pairs; dimension "overall" included.
+    """
+    if not rows:
+        raise ValueError("human_ai_agreement needs at least one row")
+    st = get_subtask(subtask or json.loads(rows[0]["mini_meta"])["subtask"])
+    names = [d.name for d in st.dimensions if d.name in MODALITY_AGNOSTIC] + ["overall"]
+    recs = []
+    for k, name in enumerate(names):
+        dim = None if name == "overall" else name
+        human = annotate(rows, protocol, n_annotators, seed=seed + 1000 * k, subtask=st.name, dimension=dim)
+        column = st.overall_column if dim is None else st.preferred_column(st.dimension(dim))
+        ai = np.array([row[column] for row in rows])
+        # A pair the rubric scores equal on this dimension has no AI preference (its label is a coin): left out.
+        if dim is not None:
+            r1, r2 = st.rate_columns(st.dimension(dim))
+            keep = np.array([row[r1] != row[r2] for row in rows])
+        else:
+            keep = np.array([len(set(json.loads(row["mini_meta"])["overall_scores"])) == 2 for row in rows])
+        if keep.any():
+            recs.append({"subtask": st.code, "dimension": name, "n_pairs": int(keep.sum()),
+                         "agreement": round(float((human[:, keep] == ai[keep]).mean() * 100), 2)})
+    return pd.DataFrame(recs, columns=["subtask", "dimension", "agreement", "n_pairs"])
