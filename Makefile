@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 figures: $(STAMP)
-	$(PY) -m aa_lib.runs all
+	$(PY) -m aa_lib.runs all --jobs 2
 
 clean-runs:
 	rm -rf papermill_runs/*/ paper_figures/*.png paper_figures/*.pdf paper_figures/*.csv paper_figures/*.md

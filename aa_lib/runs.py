@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -243,38 +243,59 @@ def _last_error(log: str) -> str:
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
               runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, smoke: bool = False,
               figures_dir: Path | None = None, specs_root: Path | None = None, log=print) -> list[RunOutcome]:
-    """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`, in dependency order."""
+    """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`.
+
+    Up to `jobs` runs execute at once, from any specs whose needs are complete: a spec starts as soon as the specs
+    it reads have finished, so independent experiments overlap. Dependents of a failed spec are reported, not run.
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
-    specs = load_specs(specs_root or runs_root)
+    specs = ordered(load_specs(specs_root or runs_root), names)
     outcomes: list[RunOutcome] = []
-    failed_specs: set[str] = set()
-    for spec in ordered(specs, names):
-        blocked = [d for d in spec.needs if d in failed_specs]
-        runs = spec.runs(profile, smoke=smoke)
-        if blocked:
-            failed_specs.add(spec.name)
-            outcomes += [RunOutcome(spec.name, r, "failed", error=f"needs {', '.join(blocked)}, which failed")
-                         for r, _ in runs]
-            log(f"[{spec.name}] not run: needs {', '.join(blocked)}, which failed")
-            continue
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(execute_run, spec, r, p, Path(runs_root), force, timeout_s, figures_dir) for r, p in runs]
-            for fut in futures:
+    finished, failed = set(), set()
+    left = {spec.name: len(spec.runs(profile, smoke=smoke)) for spec in specs}
+    pending = list(specs)
+    running = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for spec in list(pending):
+                blocked = [d for d in spec.needs if d in failed]
+                if blocked:
+                    pending.remove(spec)
+                    failed.add(spec.name)
+                    outcomes += [RunOutcome(spec.name, r, "failed", error=f"needs {', '.join(blocked)}, which failed")
+                                 for r, _ in spec.runs(profile, smoke=smoke)]
+                    log(f"[{spec.name}] not run: needs {', '.join(blocked)}, which failed")
+                elif all(d in finished for d in spec.needs):
+                    pending.remove(spec)
+                    if not left[spec.name]:
+                        finished.add(spec.name)
+                    for r, p in spec.runs(profile, smoke=smoke):
+                        fut = pool.submit(execute_run, spec, r, p, Path(runs_root), force, timeout_s, figures_dir)
+                        running[fut] = spec.name
+            if not running:
+                continue
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = running.pop(fut)
                 o = fut.result()
                 outcomes.append(o)
                 log(f"[{o.spec}/{o.run}] {o.status}" + (f" in {o.seconds:.0f} s" if o.status == "done" else "")
                     + (f": {o.error}" if o.error else ""))
                 if o.status == "failed":
-                    failed_specs.add(spec.name)
-    return outcomes
+                    failed.add(name)
+                left[name] -= 1
+                if not left[name] and name not in failed:
+                    finished.add(name)
+    order = {spec.name: k for k, spec in enumerate(specs)}
+    return sorted(outcomes, key=lambda o: (order[o.spec], o.run))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aa_lib.runs", description=__doc__.split("\n")[0])
     ap.add_argument("specs", nargs="*", help="spec names under papermill_runs/, or `all`")
     ap.add_argument("--profile", default="tiny", choices=PROFILES)
-    ap.add_argument("--jobs", type=int, default=1, help="runs of one spec executed in parallel")
+    ap.add_argument("--jobs", type=int, default=1, help="runs executed at once (across specs whose needs are done)")
     ap.add_argument("--force", action="store_true", help="redo finished runs (e.g. after changing aa_lib itself)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it counts as failed")
     ap.add_argument("--runs-root", type=Path, default=RUNS_ROOT)
