@@ -18,7 +18,6 @@ import mimetypes
 import os
 import re
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from aa_lib.media import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +119,8 @@ class JSONCache:
         atomic_write_text(path, json.dumps(entry, ensure_ascii=False, indent=1))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# Kept under its old name for callers: one atomic writer serves the whole package.
+atomic_write_text = write_text_atomic
 
 
 def request_hash(payload: dict) -> str:

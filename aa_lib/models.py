@@ -22,13 +22,13 @@ Notes for trainers (what the families can and cannot do in transformers 5.24):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from aa_lib.media import write_folder_atomic
 
 # Vision/audio placeholder strings follow the real checkpoints so that processors and templates stay unchanged.
 CHAMELEON_IMAGE_TOKEN_PREFIX = "IMGIMG"  # ChameleonImageVocabularyMapping reads code i from "IMGIMG<digits as A-J>Z"
@@ -387,23 +387,14 @@ def build_tiny(family: str, save_dir, corpus: Iterable[str], seed: int = 0, **ov
     processor = _make_processor(family, spec, tok)
 
     save_dir = Path(save_dir)
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.", dir=save_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if processor is not tok:
-        tok.save_pretrained(tmp)  # AutoTokenizer also works on the folder, with the same chat template
-    (tmp / "aa_tiny_spec.json").write_text(json.dumps({"family": family, "seed": seed, **asdict(spec)}, indent=1))
-    if save_dir.exists():
-        import shutil
-        old = save_dir.with_name(f".{save_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(save_dir, old)
-        os.replace(tmp, save_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, save_dir)
-    return save_dir
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if processor is not tok:
+            tok.save_pretrained(tmp)  # AutoTokenizer also works on the folder, with the same chat template
+        (tmp / "aa_tiny_spec.json").write_text(json.dumps({"family": family, "seed": seed, **asdict(spec)}, indent=1))
+
+    return write_folder_atomic(save_dir, write)
 
 
 def load_model(path_or_id, family: str | None = None, dtype=None, device_map=None):

@@ -6,7 +6,7 @@ so `aa_lib.data.load` accepts a `column_map` that renames a user's columns onto 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from aa_lib.llf.feedback import _as_model, _improve, _msg, _prompt_dataset
+from aa_lib.media import write_folder_atomic, write_text_atomic
 from aa_lib.llf.generation import GenerationOptions, _as_options, example_key
 
 
@@ -110,9 +111,7 @@ def _append(path: Path, records: list[dict]) -> None:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _check_meta(out: Path, meta: dict) -> None:
@@ -212,7 +211,6 @@ def _finalize(config: SynthesisConfig, P, records: list[dict], resumed: int, gen
     """Write dataset/ and report.json atomically from the shard's records (in item order)."""
     import datasets
 
-    from aa_lib.train.common import write_folder_atomic
 
     out = Path(config.output_dir)
     kept = [r for r in records if r["kept"]]

@@ -125,7 +125,7 @@ def make_row(subtask: str, i: int, seed: int = 0, split: str = "train", cfg: Wor
     row[st.critique_columns[0]], row[st.critique_columns[1]] = (a.critique for a in assessments)
     o1, o2 = (a.overall for a in assessments)
     win = rubric.prefer(o1, o2, rng)
-    good, bad = assessments[win - 1], assessments[2 - win]
+    bad = assessments[2 - win]
     if bad.all_issues():
         reason = f"response {number_word(win)} is better , the other has this problem : {bad.critique_text}"
     else:

@@ -8,7 +8,6 @@ pitch = FFT peak per beep, mapped to the nearest class in log frequency). So it 
 """
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 

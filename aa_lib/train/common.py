@@ -6,15 +6,14 @@ stage (DPO after SFT, PPO after the reward model) loads it with `aa_lib.models.l
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from aa_lib.media import write_folder_atomic  # noqa: F401  (re-exported: trainers save through it)
 from aa_lib.models import get_family, load_model, submodules
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -112,27 +111,6 @@ def as_dataset(data):
     if "aa_row" not in ds.column_names:
         ds = ds.add_column("aa_row", list(range(len(ds))))
     return ds
-
-
-def write_folder_atomic(out_dir, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` into a temporary sibling folder, then swap it into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
 
 
 def unwrap_peft(model):

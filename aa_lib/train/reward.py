@@ -22,7 +22,7 @@ import trl
 from aa_lib.collators import PairCollator
 from aa_lib.models import load_model
 from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for,
-                                 save_trained, unwrap_peft)
+                                 save_trained)
 
 HEAD_FILE = "aa_reward_head.safetensors"
 META_FILE = "aa_reward.json"
