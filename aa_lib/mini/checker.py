@@ -141,7 +141,7 @@ def read_video(video) -> dict:
     colors = [f["color"] for f in vis]
     d = cents[-1] - cents[0]
     direction = ("right" if d[0] > 0 else "left") if abs(d[0]) >= abs(d[1]) else ("down" if d[1] > 0 else "up")
-    out.update(color=max(set(colors), key=colors.count), shape=max(set(shapes), key=shapes.count),
+    out.update(color=max(dict.fromkeys(colors), key=colors.count), shape=max(dict.fromkeys(shapes), key=shapes.count),
                direction=direction if np.abs(d).max() >= 2 else None,
                steps=[round(float(s), 2) for s in np.linalg.norm(np.diff(cents, axis=0), axis=1)],
                shapes=shapes, colors=colors, area=int(np.median([f["area"] for f in vis])))
@@ -188,7 +188,7 @@ def read_audio(audio, cfg: WorldConfig | None = None) -> dict:
     quiet = ~np.convolve(above, np.ones(5), mode="same").astype(bool)  # frames away from any beep
     pitches = [pitch_class(f, cfg) for f in freqs]
     out.update(count=len(segs), freqs=[round(f, 1) for f in freqs], pitches=pitches,
-               pitch=max(set(pitches), key=pitches.count) if pitches else None,
+               pitch=max(dict.fromkeys(pitches), key=pitches.count) if pitches else None,
                durations=[round((e - s) / 100, 3) for s, e in segs],
                noise=round(float(np.median(env[quiet])) if quiet.any() else float(env.min()), 4))
     return out
