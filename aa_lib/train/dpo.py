@@ -44,8 +44,8 @@ def build_dpo_trainer(config: DPOConfig, model_path, dataset, ref_model_path=Non
     (default: `model_path`), loaded once and frozen; with LoRA the reference is the base model (adapters off)."""
     model, processor, family = load_for_training(model_path, config)
     if "chosen_images" in dataset[0]:
-        raise NotImplementedError("DPO on image outputs (t2i / ti2ti: chosen_images / rejected_images) is not "
-                                  "implemented yet; TRL's loss reads masked Chameleon image logits")
+        raise ValueError("DPO on image outputs (t2i / ti2ti: chosen_images / rejected_images) goes through "
+                         "aa_lib.train.image_output.train_image_dpo (TRL's loss reads Chameleon's masked image logits)")
     peft = peft_config_for(model, family, config)
     ref = None
     if peft is None:

@@ -30,7 +30,7 @@ def build_sft_trainer(config: SFTConfig, model_path, dataset) -> trl.SFTTrainer:
     model, processor, family = load_for_training(model_path, config)
     if _has_image_targets(dataset):
         if family != "chameleon":
-            raise NotImplementedError(f"image-output SFT is implemented for chameleon only, not {family}")
+            raise ValueError(f"image-output SFT for {family} goes through aa_lib.train.image_output.train_image_sft")
         config.remove_unused_columns = False
         collator = ImageOutputSFTCollator(processor, family, max_length=config.max_length)
         return ImageTokenSFTTrainer(model=model, args=config, train_dataset=as_dataset(dataset),
