@@ -367,7 +367,8 @@ def evaluate_amg_if(
     """Instruction following per output modality on 0-10: judge for text/image, multiple choice for audio/video.
 
     `outputs` maps item id to the text (text items) or the generated file's path. Returns the mean per modality
-    (over scored items) and one record per item; a missing output or a judge failure is recorded, not scored.
+    (over scored items) and one record per item. A missing output scores 0 (the model did not produce the modality
+    it was asked for); a judge failure is recorded and not scored, so a flaky endpoint never lowers a model's score.
     """
     records = []
     for it in items:
@@ -376,7 +377,7 @@ def evaluate_amg_if(
             raise ValueError(f"AMG item {it.id}: modality {it.modality!r} is not one of {IF_MODALITIES}")
         out = outputs.get(it.id)
         if not out:
-            rec["error"] = "no output"
+            rec.update(score=0.0, error="no output")
         elif it.modality in ("text", "image"):
             if judge is None:
                 raise ValueError(f"AMG item {it.id}: {it.modality} instruction following needs a judge")

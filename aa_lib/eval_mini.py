@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice, SynergyPairs,
-                                  SynergyScorer, amg_if_request, amg_score, combination, evaluate_amu, load_amu,
-                                  mcq_score, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
+                                  SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu, load_amu,
+                                  mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
-from aa_lib.judges import FunctionJudge, JudgeRequest, atomic_write_text
+from aa_lib.judges import FunctionJudge, JudgeRequest
+from aa_lib.media import write_text_atomic as atomic_write_text
 from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
 from aa_lib.mini import checker
 from aa_lib.mini.render import render
@@ -909,17 +910,7 @@ def evaluate_agent(agent: Agent, amu: Sequence[AMUEntry], amg: AMGSet, *, amu_ju
             instr = getattr(parsed, f"{it.modality}_instruction")
             if instr:
                 outputs[it.id] = str(generators[it.modality](instr, work / it.id))
-    if_records = []
-    for it in amg.if_items:
-        if it.id not in outputs or not outputs[it.id]:
-            if_records.append({"id": it.id, "modality": it.modality, "score": 0.0, "error": "no output"})
-        elif it.modality in ("text", "image"):
-            res = if_judge_.judge(amg_if_request(it.instruction, outputs[it.id], it.modality))
-            if_records.append({"id": it.id, "modality": it.modality, "score": res.score, "error": res.error})
-        else:
-            if_records.append({"id": it.id, "modality": it.modality, "error": None,
-                               "score": mean(mcq_score(outputs[it.id], it.questions, qa_model))})
-    # A missing output scores 0: the model did not follow the instruction to produce that modality.
+    _, if_records = evaluate_amg_if(amg.if_items, outputs, if_judge_, qa_model)  # a missing output scores 0
     s_if = {m: mean([r["score"] for r in if_records if r["modality"] == m and r["score"] is not None] or [0.0])
             for m in IF_SUBTASK}
     # Modality selection and synergy on the open-ended prompts.

@@ -237,8 +237,8 @@ def test_mcq_and_instruction_following(tmp_path):
     items = [AMGIFItem("t1", "text", "Write a haiku."), AMGIFItem("t2", "text", "Write a limerick."),
              AMGIFItem("a1", "audio", "Rain then thunder.", tuple(qs)), AMGIFItem("t3", "text", "Missing.")]
     means, recs = evaluate_amg_if(items, {"t1": "...", "t2": "...", "a1": str(clip)}, judge, qa_model)
-    assert means == {"text": 6.0, "audio": 7.5}
-    assert recs[3]["error"] == "no output"
+    assert means == {"text": 4.0, "audio": 7.5}  # the missing text output counts 0: the instruction was not followed
+    assert recs[3]["error"] == "no output" and recs[3]["score"] == 0.0
     with pytest.raises(ValueError, match="needs a qa_model"):
         evaluate_amg_if(items[2:3], {"a1": str(clip)}, judge, None)
 
