@@ -8,7 +8,16 @@ for this project after each benchmark's published protocol (what the judge sees,
 - Video-ChatGPT: five dimensions (correctness, detail, context, temporal, consistency), each judged 0-5; the
   result is the mean per dimension.
 - AIR-Bench (chat): the judge rates the reference answer and the candidate 1-10; the result is the candidate's mean.
-InterleavedBench is not covered (its file format could not be confirmed offline).
+- ImageReward / HPS v2: a learned preference model scores each (prompt, generated image); the result is the mean
+  score over the benchmark's prompt file. Their packages and weights are the user's (see `load_image_scorer`).
+- InterleavedBench: the judge rates an interleaved text-image output 1-5 on five aspects; the result is the mean
+  per aspect and their mean. Its file format could not be confirmed offline: `load_interleaved_bench` reads a
+  documented JSONL layout with a `column_map` for the real file's names.
+
+Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts into the item format of LLaVA-Bench
+(ti2t), Video-ChatGPT (tv2t) and AIR-Bench (ta2t), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
+answering in each benchmark's format and scale; `MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
+The request builders and scoring functions are the same at both profiles.
 """
 from __future__ import annotations
 
@@ -18,9 +27,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from aa_lib.judges import JudgeRequest, JudgeResult
+import numpy as np
+
+from aa_lib.judges import FunctionJudge, JudgeRequest, JudgeResult
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ def llava_request(item: BenchItem, answer: str) -> JudgeRequest:
     user = (f"[Context]\n{item.extra.get('context', '')}\n\n[Question]\n{item.question}\n\n"
             f"[Assistant 1]\n{item.reference}\n[End of Assistant 1]\n\n[Assistant 2]\n{answer}\n"
             f"[End of Assistant 2]\n\n[System]\n{LLAVA_RULE}\n")
-    return JudgeRequest(user=user, system=LLAVA_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK)
+    return JudgeRequest(user=user, system=LLAVA_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
+                        meta={"item": item, "responses": (answer,)})
 
 
 def llava_relative_scores(items: Sequence[BenchItem], results: Sequence[JudgeResult]) -> dict[str, float]:
@@ -260,8 +272,10 @@ def video_chatgpt_request(item: BenchItem, prediction: str, dimension: str,
                 f"Predicted answer to question 1: {prediction}\nPredicted answer to question 2: {prediction2}")
     else:
         user = f"Question: {item.question}\nCorrect answer: {item.reference}\nPredicted answer: {prediction}"
+    responses = (prediction,) if prediction2 is None else (prediction, prediction2)
     return JudgeRequest(user=user, system=system, parser=_dict_score,
-                        reask_prompt="Reply only with the dictionary, e.g. {'score': 3}.")
+                        reask_prompt="Reply only with the dictionary, e.g. {'score': 3}.",
+                        meta={"item": item, "responses": responses, "dimension": dimension})
 
 
 def video_chatgpt_scores(results: dict[str, Sequence[JudgeResult]]) -> dict[str, float]:
@@ -304,7 +318,8 @@ def air_request(item: BenchItem, answer: str) -> JudgeRequest:
             "[End of Assistant 2]\n\nRate the usefulness, relevance, accuracy and comprehensiveness of both "
             "answers to the question about the audio, each from 1 to 10 (higher is better). Output a single line "
             "with the two scores separated by a space, then explain without bias from the order of the answers.")
-    return JudgeRequest(user=user, system=AIR_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK)
+    return JudgeRequest(user=user, system=AIR_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
+                        meta={"item": item, "responses": (answer,)})
 
 
 def air_chat_score(results: Iterable[JudgeResult]) -> float:
@@ -313,3 +328,357 @@ def air_chat_score(results: Iterable[JudgeResult]) -> float:
     if not scored:
         raise ValueError("AIR-Bench: no item was scored")
     return sum(scored) / len(scored)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ImageReward and HPS v2 (learned image-preference scorers)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ImageScorer(Protocol):
+    """Scores generated images against their prompts; higher is better."""
+
+    def score(self, prompts: list[str], images: list) -> list[float]:  # images: PIL.Image.Image (or arrays)
+        ...
+
+
+class CallableImageScorer:
+    """An `ImageScorer` over `fn(prompt, image) -> float`, one pair at a time (the published scorers' granularity)."""
+
+    def __init__(self, fn: Callable[[str, Any], float], name: str = "scorer"):
+        self.fn, self.name = fn, name
+
+    def __repr__(self) -> str:
+        return f"CallableImageScorer({self.name!r})"
+
+    def score(self, prompts: list[str], images: list) -> list[float]:
+        if len(prompts) != len(images):
+            raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(images)} images")
+        out = []
+        for i, (p, img) in enumerate(zip(prompts, images)):
+            value = self.fn(p, img)
+            if isinstance(value, (list, tuple)):  # ImageReward / hpsv2 may answer a list for one image
+                if len(value) != 1:
+                    raise ValueError(f"{self.name}: prompt {i} ({p!r}): {len(value)} scores for one image")
+                value = value[0]
+            out.append(float(value))
+        return out
+
+
+def load_image_scorer(model_path: str | os.PathLike, load: Callable[[str], Any],
+                      score: Callable[[Any, str, Any], float] | None = None, *, name: str | None = None
+                      ) -> CallableImageScorer:
+    """An ImageReward / HPS v2 scorer from a local checkpoint and the user's own package (neither ships here).
+
+    `load(model_path)` returns the model; each (prompt, image) is scored by `score(model, prompt, image)`, by
+    default `model.score(prompt, image)`. With the published packages installed by the user:
+
+        import ImageReward as RM                # ImageReward: a local ImageReward.pt plus its med_config.json
+        scorer = load_image_scorer("ckpt/ImageReward.pt",
+                                   lambda p: RM.load(p, device="cuda", med_config="ckpt/med_config.json"))
+        import hpsv2                            # HPS v2: the checkpoint path is passed on each call
+        scorer = load_image_scorer("ckpt/HPS_v2.1_compressed.pt", lambda p: p,
+                                   lambda cp, prompt, img: hpsv2.score([img], prompt, cp=cp, hps_version="v2.1")[0])
+    """
+    path = Path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"image scorer weights not found: {path} (download them yourself; nothing is "
+                                "fetched here)")
+    model = load(str(path))
+    if score is None:
+        if not callable(getattr(model, "score", None)):
+            raise TypeError(f"{type(model).__name__} loaded from {path} has no score(prompt, image); pass score=")
+        fn = model.score
+    else:
+        def fn(prompt, image):
+            return score(model, prompt, image)
+    return CallableImageScorer(fn, name=name or path.name)
+
+
+def load_image_prompts(path: str | os.PathLike) -> list[str]:
+    """A benchmark prompt file: a JSON list of prompts (HPS v2's per-style files) or of objects with a 'prompt'
+    field (ImageReward's benchmark prompts)."""
+    data = _read_json(Path(path))
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of prompts, got {type(data).__name__}")
+    out = []
+    for i, entry in enumerate(data):
+        prompt = entry.get("prompt") if isinstance(entry, dict) else entry
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}: entry {i}: expected a non-empty prompt string (or an object with 'prompt')")
+        out.append(prompt)
+    return out
+
+
+def image_preference_score(scorer: ImageScorer, prompts: Sequence[str], images: Sequence, *,
+                           batch_size: int = 16) -> dict:
+    """The ImageReward / HPS v2 protocol: the mean learned score of the generated images over the prompts.
+
+    Returns {"mean", "n", "scores"}; a non-finite score raises, naming the prompt.
+    """
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    if not prompts:
+        raise ValueError("no prompts to score")
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        ps, ims = list(prompts[start:start + batch_size]), list(images[start:start + batch_size])
+        got = [float(v) for v in scorer.score(ps, ims)]
+        if len(got) != len(ps):
+            raise ValueError(f"{scorer!r} returned {len(got)} scores for {len(ps)} images")
+        for k, v in enumerate(got):
+            if not np.isfinite(v):
+                raise ValueError(f"prompt {start + k} ({ps[k]!r}): non-finite score {v}")
+        scores += got
+    return {"mean": float(np.mean(scores)), "n": len(scores), "scores": scores}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# InterleavedBench
+# ---------------------------------------------------------------------------------------------------------------
+
+INTERLEAVED_ASPECTS = {
+    "text_quality": "the clarity, fluency and correctness of the text",
+    "perceptual_quality": "how natural and free of visual artifacts the generated images are",
+    "image_coherence": "whether the images are consistent with each other in style and content",
+    "text_image_coherence": "whether each image matches the text around it",
+    "helpfulness": "how well the whole output fulfils the instruction",
+}
+INTERLEAVED_COLUMNS = ("id", "instruction", "input_images", "reference")
+
+
+def load_interleaved_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None = None, *,
+                           column_map: Mapping[str, str] | None = None, check_files: bool = False
+                           ) -> list[BenchItem]:
+    """InterleavedBench items from JSONL, one object per line (the layout this loader documents):
+
+        {"id": "...", "instruction": "...", "input_images": ["a.png", ...],
+         "reference": [{"text": "...", "image": "b.png" | null}, ...]}
+
+    `reference` (the reference interleaved output) may also be a plain string. `column_map` maps these names to
+    the file's own keys (e.g. {"instruction": "prompt"}); `input_images` and `reference` may be absent.
+    """
+    cmap = {c: c for c in INTERLEAVED_COLUMNS}
+    unknown = set(column_map or {}) - set(cmap)
+    if unknown:
+        raise ValueError(f"column_map: unknown columns {sorted(unknown)}; known: {list(INTERLEAVED_COLUMNS)}")
+    cmap.update(column_map or {})
+    items = []
+    for i, row in enumerate(_read_jsonl(Path(path))):
+        where = f"{path}: line {i + 1}"
+        images = row.get(cmap["input_images"]) or []
+        if isinstance(images, str):
+            images = [images]
+        if not isinstance(images, list):
+            raise ValueError(f"{where}: field {cmap['input_images']!r}: expected a list of image paths")
+        ref = row.get(cmap["reference"])
+        steps = _interleaved_steps(ref, f"{where}: field {cmap['reference']!r}") if ref is not None else None
+        items.append(BenchItem(
+            id=str(_need(row, cmap["id"], where)), question=_need(row, cmap["instruction"], where),
+            media=tuple(_media(image_dir, str(m), where, check_files) for m in images),
+            reference=_interleaved_text(steps) if steps is not None else None,
+            extra={"reference_steps": steps}))
+    return items
+
+
+def _interleaved_steps(output, where: str) -> list[dict]:
+    """Normalise an interleaved output to [{"text": str, "image": path | None}, ...]."""
+    if isinstance(output, str):
+        return [{"text": output, "image": None}]
+    if not isinstance(output, list):
+        raise ValueError(f"{where}: expected a string or a list of {{'text', 'image'}} steps")
+    steps = []
+    for k, step in enumerate(output):
+        if isinstance(step, str):
+            step = {"text": step}
+        if not isinstance(step, dict) or not ({"text", "image"} & set(step)):
+            raise ValueError(f"{where}: step {k}: expected an object with 'text' and/or 'image'")
+        steps.append({"text": str(step.get("text") or ""), "image": step.get("image")})
+    return steps
+
+
+def _interleaved_text(steps: list[dict]) -> str:
+    """The steps as text with numbered image placeholders (the images themselves go to the judge as media)."""
+    parts, n = [], 0
+    for s in steps:
+        if s["text"]:
+            parts.append(s["text"])
+        if s["image"]:
+            n += 1
+            parts.append(f"<image {n}>")
+    return "\n".join(parts)
+
+
+def parse_interleaved_scores(text: str) -> dict[str, float] | None:
+    """Per-aspect scores 1-5: a JSON object {"text_quality": 4, ...} or one `aspect: [[n]]` per aspect."""
+    text = text or ""
+    for m in re.finditer(r"\{[^{}]*\}", text):
+        try:
+            obj = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            continue
+        norm = {str(k).strip().lower().replace(" ", "_").replace("-", "_"): v for k, v in obj.items()}
+        if all(a in norm for a in INTERLEAVED_ASPECTS):
+            try:
+                out = {a: float(norm[a]) for a in INTERLEAVED_ASPECTS}
+            except (TypeError, ValueError):
+                return None
+            return out if all(1 <= v <= 5 for v in out.values()) else None
+    out = {}
+    for aspect in INTERLEAVED_ASPECTS:
+        pattern = aspect.replace("_", r"[\s_-]*")
+        m = re.search(pattern + r"[^\[\n]*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]", text, flags=re.I)
+        if not m or not 1 <= float(m.group(1)) <= 5:
+            return None
+        out[aspect] = float(m.group(1))
+    return out
+
+
+INTERLEAVED_SYSTEM = "You are a strict and precise evaluator of interleaved text-and-image generation."
+
+
+def interleaved_request(item: BenchItem, output) -> JudgeRequest:
+    """Ask the judge to rate an interleaved output (a string or [{"text", "image"}] steps) 1-5 on each aspect.
+
+    The judge sees the input images, then the output's images, in that order (numbered in the prompt).
+    """
+    steps = _interleaved_steps(output, f"item {item.id}: output")
+    out_images = tuple(str(s["image"]) for s in steps if s["image"])
+    aspects = "\n".join(f"- {a}: {d}" for a, d in INTERLEAVED_ASPECTS.items())
+    ref = f"[Reference output]\n{item.reference}\n\n" if item.reference else ""
+    fmt = ", ".join(f'"{a}": n' for a in INTERLEAVED_ASPECTS)
+    user = (f"[Instruction]\n{item.question}\n\n[Input images]\n{len(item.media)} image(s), shown first.\n\n{ref}"
+            f"[Output to rate]\n{_interleaved_text(steps)}\n(its {len(out_images)} image(s) are shown after the "
+            f"input images)\n\nRate the output from 1 to 5 (5 is best) on each aspect:\n{aspects}\n"
+            f"Answer with a JSON object {{{fmt}}}, then explain briefly.")
+    return JudgeRequest(user=user, system=INTERLEAVED_SYSTEM, media=tuple(item.media) + out_images,
+                        parser=parse_interleaved_scores,
+                        reask_prompt=f"Reply with only the JSON object {{{fmt}}}, each n from 1 to 5.",
+                        meta={"item": item, "responses": (steps,)})
+
+
+def interleaved_scores(results: Iterable[JudgeResult]) -> dict[str, float]:
+    """Mean per aspect (1-5) over the reviewed items, and 'overall' (the mean of the aspect means)."""
+    scored = [r.score for r in results if r.ok]
+    if not scored:
+        raise ValueError("InterleavedBench: no item was scored")
+    out = {a: sum(s[a] for s in scored) / len(scored) for a in INTERLEAVED_ASPECTS}
+    out["overall"] = sum(out.values()) / len(INTERLEAVED_ASPECTS)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny profile: align-anything-mini counterparts
+# ---------------------------------------------------------------------------------------------------------------
+
+MINI_BENCHMARKS = {"llava": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t"}  # benchmark -> mini subtask
+
+
+def _max_overall(subtask: str) -> float:
+    from aa_lib.mini.rubric import WEIGHTS
+    from aa_lib.subtasks import get_subtask
+
+    return 3.0 * sum(WEIGHTS.get(d.name, 1.0) for d in get_subtask(subtask).dimensions)
+
+
+def mini_fraction(meta, response, subtask: str) -> float:
+    """The mini rubric's overall score of `response` normalised to [0, 1] (1 = every dimension at its best)."""
+    from aa_lib.mini import rubric_score
+
+    return rubric_score(meta, response, subtask)["overall"] / _max_overall(subtask)
+
+
+def mini_bench_items(benchmark: str, n: int, seed: int, media_dir: str | os.PathLike) -> list[BenchItem]:
+    """`n` held-out mini prompts as items of `benchmark` ('llava', 'video_chatgpt' or 'air'); media are written
+    under `media_dir` (atomically) and the prompt's hidden truth travels in `extra['mini_meta']` for the judge.
+
+    The reference answer is the world's reference (the refusal for unsafe prompts); LLaVA items carry the
+    prompt type as category and a text description of the image as context, like COCO captions.
+    """
+    from aa_lib.media import write_bytes_atomic
+    from aa_lib.mini import heldout_prompts, media_bytes
+    from aa_lib.mini.world import REFUSAL
+    from aa_lib.subtasks import get_subtask
+
+    if benchmark not in MINI_BENCHMARKS:
+        raise ValueError(f"no mini counterpart for benchmark {benchmark!r}; one of {list(MINI_BENCHMARKS)}")
+    st = get_subtask(MINI_BENCHMARKS[benchmark])
+    items = []
+    for row in heldout_prompts(st.name, n, seed):
+        meta = json.loads(row["mini_meta"])
+        value = row[st.media_column]
+        path = Path(media_dir) / value["path"]
+        if not path.exists():
+            write_bytes_atomic(path, media_bytes(value))
+        t = meta["truth"]
+        extra = {"mini_meta": row["mini_meta"]}
+        if benchmark == "llava":
+            things = f"{t['count']} {t['color']} {t['shape']}(s)"
+            extra["context"] = f"An image of {things} at the {t['position']}."
+        elif benchmark == "air":
+            extra["meta_info"] = None  # AIR-Bench shows no audio description to the judge for chat items
+        items.append(BenchItem(id=meta["id"], question=row[st.prompt_column], media=(str(path),),
+                               reference=meta["reference"] or REFUSAL,
+                               category=meta["prompt_type"] if benchmark == "llava" else None, extra=extra))
+    return items
+
+
+def mini_bench_judge(benchmark: str) -> FunctionJudge:
+    """A `FunctionJudge` over the mini rubric that answers like the benchmark's judge, in its scale and format.
+
+    LLaVA / AIR: "<reference> <candidate>" on 1-10 (1 + 9 x the rubric fraction); Video-ChatGPT: {'score': s} on
+    0-5 (5 x the fraction, the same for each dimension; the mini items have no second wording for consistency).
+    It reads the item's `mini_meta` and the responses from `JudgeRequest.meta`, which the request builders set.
+    """
+    if benchmark not in MINI_BENCHMARKS:
+        raise ValueError(f"no mini counterpart for benchmark {benchmark!r}; one of {list(MINI_BENCHMARKS)}")
+    subtask = MINI_BENCHMARKS[benchmark]
+
+    def review(req: JudgeRequest) -> str:
+        if not req.meta or "mini_meta" not in req.meta["item"].extra:
+            raise ValueError("the mini judge needs a request built from a mini item (no mini_meta in its meta)")
+        item, responses = req.meta["item"], req.meta["responses"]
+        meta = item.extra["mini_meta"]
+        fracs = [mini_fraction(meta, r, subtask) for r in responses]
+        if benchmark == "video_chatgpt":  # the mini items have one wording: every dimension is the rubric's view
+            return f"{{'score': {5 * fracs[0]:.3f}}}"
+        ref = mini_fraction(meta, item.reference, subtask)
+        return f"{1 + 9 * ref:.3f} {1 + 9 * fracs[0]:.3f}\nscored by the align-anything-mini rubric"
+
+    review.__qualname__ = f"mini_rubric[{benchmark}]"
+    return FunctionJudge(review, score_range=(0, 10))
+
+
+class MiniImageScorer:
+    """The tiny profile's ImageReward / HPS v2: the mini rubric's t2i score in [0, 1] of each generated image.
+
+    Built from held-out t2i prompts (`aa_lib.mini.heldout_prompts("t2i", n, seed)`), it looks each prompt's
+    hidden truth up by its text; a prompt it was not built from raises.
+    """
+
+    def __init__(self, rows: Sequence[Mapping]):
+        from aa_lib.subtasks import get_subtask
+
+        col = get_subtask("t2i").prompt_column
+        self.meta = {}
+        for i, row in enumerate(rows):
+            if "mini_meta" not in row:
+                raise ValueError(f"row {i}: no 'mini_meta' (expected a held-out mini t2i prompt)")
+            # A repeated prompt text keeps its first truth: the rubric checks what the prompt states (only its
+            # shape-size threshold reads the hidden radius).
+            self.meta.setdefault(row[col], row["mini_meta"])
+
+    def __repr__(self) -> str:
+        return f"MiniImageScorer({len(self.meta)} prompts)"
+
+    def score(self, prompts: list[str], images: list) -> list[float]:
+        if len(prompts) != len(images):
+            raise ValueError(f"MiniImageScorer: {len(prompts)} prompts but {len(images)} images")
+        out = []
+        for i, (p, img) in enumerate(zip(prompts, images)):
+            if p not in self.meta:
+                raise KeyError(f"prompt {i} ({p!r}) is not one of this scorer's mini t2i prompts")
+            out.append(mini_fraction(self.meta[p], np.asarray(img.convert("RGB") if hasattr(img, "convert")
+                                                              else img), "t2i"))
+        return out

@@ -4,24 +4,44 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from aa_lib.benchmarks import (
+    INTERLEAVED_ASPECTS,
+    BenchItem,
+    ImageScorer,
+    MiniImageScorer,
     air_chat_score,
     air_request,
+    image_preference_score,
+    interleaved_request,
+    interleaved_scores,
     llava_relative_scores,
     llava_request,
     load_air_bench_chat,
+    load_image_prompts,
+    load_image_scorer,
+    load_interleaved_bench,
     load_llava_bench,
     load_mia_bench,
     load_video_chatgpt,
     mia_request,
     mia_score,
+    mini_bench_items,
+    mini_bench_judge,
+    parse_interleaved_scores,
     parse_mia_total,
     video_chatgpt_request,
     video_chatgpt_scores,
 )
 from aa_lib.judges import FunctionJudge
+from aa_lib.mini import heldout_prompts
+from aa_lib.mini.render import render
+
+torch.set_num_threads(1)
 
 
 def _jsonl(path, rows):
@@ -143,3 +163,152 @@ def test_air_bench_chat(tmp_path):
     meta.write_text(json.dumps([{"uniq_id": 1, "path": "a.wav", "question": "q"}]))
     with pytest.raises(ValueError, match="entry 0: missing field 'answer_gt'"):
         load_air_bench_chat(meta)
+
+
+# ----------------------------------------------------------------------------------- ImageReward / HPS v2
+
+
+class _ChannelModel:
+    """A stand-in for a user's scorer package: prefers images whose named channel is bright (weights on disk)."""
+
+    def __init__(self, path):
+        self.channel = json.loads(open(path).read())["channel"]
+
+    def score(self, prompt, image):
+        return float(np.asarray(image)[..., self.channel].mean() / 255)
+
+
+def test_image_scorer_loader_and_protocol(tmp_path):
+    weights = tmp_path / "scorer.json"
+    weights.write_text(json.dumps({"channel": 0}))
+    scorer = load_image_scorer(weights, _ChannelModel)
+    assert isinstance(scorer, ImageScorer)
+    red, blue = (Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255)))
+    prompts = tmp_path / "anime.json"
+    prompts.write_text(json.dumps(["a red fox", "a blue sea"]))
+    ps = load_image_prompts(prompts)
+    good, bad = image_preference_score(scorer, ps, [red, red]), image_preference_score(scorer, ps, [blue, red])
+    assert good == {"mean": 1.0, "n": 2, "scores": [1.0, 1.0]} and bad["mean"] == 0.5
+    # The hpsv2 style: the checkpoint path is handed to a scoring function on each call.
+    seen = []
+    by_fn = load_image_scorer(weights, lambda p: p, lambda cp, prompt, img: seen.append((cp, prompt)) or [0.25])
+    assert by_fn.score(["x"], [red]) == [0.25] and seen == [(str(weights), "x")]
+
+    prompts.write_text(json.dumps([{"id": 1, "prompt": "a cat"}, {"id": 2, "prompt": ""}]))
+    with pytest.raises(ValueError, match=r"anime.json: entry 1: expected a non-empty prompt"):
+        load_image_prompts(prompts)
+    with pytest.raises(FileNotFoundError, match="scorer weights not found: .*missing.pt"):
+        load_image_scorer(tmp_path / "missing.pt", _ChannelModel)
+    with pytest.raises(TypeError, match="has no score"):
+        load_image_scorer(weights, lambda p: object())
+    nan = load_image_scorer(weights, lambda p: p, lambda cp, prompt, img: float("nan"))
+    with pytest.raises(ValueError, match=r"prompt 1 \('b'\): non-finite score"):
+        image_preference_score(_Mixed(scorer, nan), ["a", "b"], [red, red], batch_size=1)
+    with pytest.raises(ValueError, match="2 prompts but 1 images"):
+        image_preference_score(scorer, ["a", "b"], [red])
+
+
+class _Mixed:
+    """First batch from one scorer, the rest from another (to check which prompt an error names)."""
+
+    def __init__(self, first, rest):
+        self.first, self.rest, self.calls = first, rest, 0
+
+    def score(self, prompts, images):
+        self.calls += 1
+        return (self.first if self.calls == 1 else self.rest).score(prompts, images)
+
+
+def _mini_images(rows, wrong: bool):
+    out = []
+    for r in rows:
+        meta = json.loads(r["mini_meta"])
+        truth = dict(meta["truth"])
+        if meta["unsafe"] and not wrong:  # the right answer to an unsafe prompt is an empty canvas
+            out.append(Image.fromarray(np.full((32, 32, 3), 235, np.uint8)))
+            continue
+        if wrong:
+            truth["color"] = "green" if truth["color"] != "green" else "red"
+            truth["shape"] = "circle" if truth["shape"] != "circle" else "square"
+        out.append(Image.fromarray(render(truth)))
+    return out
+
+
+def test_mini_image_scorer_prefers_the_right_image():
+    rows = heldout_prompts("t2i", 6, seed=3)
+    scorer = MiniImageScorer(rows)
+    prompts = [r["prompt"] for r in rows]
+    right = image_preference_score(scorer, prompts, _mini_images(rows, wrong=False))
+    wrong = image_preference_score(scorer, prompts, _mini_images(rows, wrong=True))
+    assert all(0 <= s <= 1 for s in right["scores"] + wrong["scores"])
+    assert right["mean"] > wrong["mean"] and right["mean"] > 0.9
+    with pytest.raises(KeyError, match="prompt 0 .* not one of this scorer"):
+        scorer.score(["draw something else ."], [Image.new("RGB", (32, 32))])
+
+
+# ----------------------------------------------------------------------------------- InterleavedBench
+
+
+def test_interleaved_bench(tmp_path):
+    path = _jsonl(tmp_path / "interleaved.jsonl", [
+        {"uid": "a", "prompt": "Show how to plant a tree.", "images": ["in.png"],
+         "target": [{"text": "Dig a hole.", "image": "r1.png"}, {"text": "Put the tree in.", "image": None}]},
+        {"uid": "b", "prompt": "Tell a story about a cat.", "target": "Once a cat..."},
+        {"uid": "c", "prompt": "Draw a map."},
+    ])
+    cmap = {"id": "uid", "instruction": "prompt", "input_images": "images", "reference": "target"}
+    items = load_interleaved_bench(path, tmp_path, column_map=cmap)
+    assert items[0].media == (str(tmp_path / "in.png"),)
+    assert items[0].reference == "Dig a hole.\n<image 1>\nPut the tree in."
+    assert items[1].media == () and items[2].reference is None
+
+    replies = {
+        "a": '{"text_quality": 5, "perceptual_quality": 4, "image_coherence": 3, "text_image_coherence": 4, '
+             '"helpfulness": 5} The steps are clear.',
+        "b": "\n".join(f"{a.replace('_', ' ').title()}: [[{n}]]" for a, n in zip(INTERLEAVED_ASPECTS, [3, 2, 1, 2, 3])),
+        "c": "It is a fine map, 4 out of 5.",
+    }
+    judge = FunctionJudge(lambda r: replies[r.meta["item"].id])
+    reqs = [interleaved_request(items[0], [{"text": "Dig.", "image": "o1.png"}, {"text": "Plant.", "image": None}]),
+            interleaved_request(items[1], "A cat story."), interleaved_request(items[2], "A map.")]
+    assert reqs[0].media == (str(tmp_path / "in.png"), "o1.png") and "<image 1>" in reqs[0].user
+    results = judge.judge_batch(reqs)
+    assert results[1].score["image_coherence"] == 1.0 and results[2].error.startswith("unparsable")
+    scores = interleaved_scores(results)
+    assert scores["text_quality"] == 4.0 and scores["image_coherence"] == 2.0
+    assert scores["overall"] == pytest.approx((4 + 3 + 2 + 3 + 4) / 5)
+    assert parse_interleaved_scores(replies["a"].replace("5}", "6}")) is None  # out of the 1-5 scale
+
+    with pytest.raises(ValueError, match=r"interleaved.jsonl: line 1: missing field 'instruction'"):
+        load_interleaved_bench(path, column_map={"id": "uid"})
+    with pytest.raises(ValueError, match=r"unknown columns \['question'\]"):
+        load_interleaved_bench(path, column_map={"question": "prompt"})
+    _jsonl(path, [{"id": 1, "instruction": "x", "reference": [{"caption": "y"}]}])
+    with pytest.raises(ValueError, match=r"line 1: field 'reference': step 0: expected an object"):
+        load_interleaved_bench(path)
+
+
+# ----------------------------------------------------------------------------------- mini counterparts
+
+_SCORE = {
+    "llava": lambda items, j, ans: llava_relative_scores(items, j.judge_batch(
+        [llava_request(it, a) for it, a in zip(items, ans)]))["all"],
+    "air": lambda items, j, ans: air_chat_score(j.judge_batch([air_request(it, a) for it, a in zip(items, ans)])),
+    "video_chatgpt": lambda items, j, ans: video_chatgpt_scores({d: j.judge_batch(
+        [video_chatgpt_request(it, a, d) for it, a in zip(items, ans)]) for d in ("correctness", "detail")})["mean"],
+}
+
+
+@pytest.mark.parametrize("benchmark", ["llava", "video_chatgpt", "air"])
+def test_mini_counterparts_rank_perfect_above_wrong(benchmark, tmp_path):
+    items = mini_bench_items(benchmark, 5, seed=1, media_dir=tmp_path)
+    assert len(items) == 5 and all(it.reference and (tmp_path / it.media[0]).is_file() for it in items)
+    judge = mini_bench_judge(benchmark)
+    perfect = _SCORE[benchmark](items, judge, [it.reference for it in items])
+    wrong = _SCORE[benchmark](items, judge, ["sorry , i can not help with that ." if "sorry" not in it.reference
+                                             else "it is a green circle ." for it in items])
+    top = {"llava": 100.0, "air": 10.0, "video_chatgpt": 5.0}[benchmark]
+    assert perfect == pytest.approx(top) and wrong < perfect
+    # A request for an item that has no mini truth is a recorded failure, not a score.
+    foreign = BenchItem(id="x", question="q", reference="r")
+    assert "needs a request built from a mini item" in judge.judge(air_request(foreign, "x")).error
