@@ -38,7 +38,12 @@ class AAOptions:
     num_frames: int | None = field(default=None, metadata={"help": "Frames sampled per video (None: all frames)."})
     # CPU-friendly defaults (the `paper` profile sets bf16 / gradient checkpointing on GPU hosts).
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (off: CPU default)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing (off: CPU default)."})
+    # transformers 5.24 renamed gradient checkpointing to activation checkpointing; setting only the new name keeps
+    # the deprecated alias (which TRL defaults to True) from overriding it with a warning on every config.
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Activation (gradient) checkpointing (off: CPU default)."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (mirrors it)."})
     report_to: str | list[str] = field(default="none", metadata={"help": "Logging integrations (none)."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing (the final model is saved anyway)."})
     logging_steps: float = field(default=1, metadata={"help": "Log every n optimizer steps."})

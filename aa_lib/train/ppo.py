@@ -63,7 +63,8 @@ class PPOConfig(AAOptions, TRLPPOConfig):
     num_ppo_epochs: int = field(default=1, metadata={"help": "PPO update epochs over each rollout batch."})
     num_sample_generations: int = field(
         default=0, metadata={"help": "Debug sample generations during training (0: none)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
 
 
 # ---------------------------------------------------------------------------------------------------- models
