@@ -10,3 +10,16 @@ import torch  # noqa: E402
 # Tiny models gain nothing from intra-op threads, and on a 2-core machine shared with notebook kernels and
 # subprocess runs, extra threads oversubscribe the cores (seen: 50x slower steps). One thread per test process.
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_batch(tmp_path_factory):
+    """Every shipped run spec at its smoke size, executed once per session: (outcomes, runs_root, figures_dir)."""
+    from aa_lib import runs
+
+    root = tmp_path_factory.mktemp("smoke")
+    outcomes = runs.run_specs(None, runs_root=root / "runs", specs_root=runs.RUNS_ROOT, smoke=True, jobs=2,
+                              figures_dir=root / "figures", log=print)
+    return outcomes, root / "runs", root / "figures"

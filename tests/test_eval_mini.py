@@ -183,19 +183,20 @@ def test_evaluate_scripted_and_tiny_agents(amu, amg, synergy, tmp_path):
     assert good["amu_score"] > row["amu_score"]
 
 
-def test_notebooks_run_at_smoke_size(tmp_path):
+def test_notebooks_run_at_smoke_size(smoke_batch):
+    """The eval-anything notebooks' smoke runs (shared with tests/test_notebooks.py) hold sane values and labels."""
     from aa_lib import runs
 
+    all_outcomes, runs_root, figures = smoke_batch
     names = ["eval_anything", "table4_eval_anything", "fig7_amu_distribution", "fig8_modality_selection"]
-    outcomes = runs.run_specs(names, runs_root=tmp_path / "runs", specs_root=runs.RUNS_ROOT, smoke=True,
-                              figures_dir=tmp_path / "figures", log=print)
+    outcomes = [o for o in all_outcomes if o.spec in names]
     assert [o.status for o in outcomes] == ["done"] * 4, [(o.spec, o.error) for o in outcomes]
-    res = runs.load_results("eval_anything", runs_root=tmp_path / "runs")[0]["results"]
+    res = runs.load_results("eval_anything", runs_root=runs_root)[0]["results"]
     assert [r["family"] for r in res["models"]] == ["llama", "llava"]
     for r in res["models"]:
         _check_row(r)
     for name in ("table4_eval_anything.md", "table4_eval_anything.csv", "fig7_amu_distribution.png",
                  "fig8_modality_selection.pdf"):
-        assert (tmp_path / "figures" / name).stat().st_size > 0
-    md = (tmp_path / "figures" / "table4_eval_anything.md").read_text()
+        assert (figures / name).stat().st_size > 0
+    md = (figures / "table4_eval_anything.md").read_text()
     assert "tiny profile, measured" in md and "paper Table 4 (reported)" in md and "Table 11" in md

@@ -31,11 +31,10 @@ def test_every_spec_names_a_notebook_and_every_experiment_notebook_has_a_spec():
     runs.ordered(SPECS)  # no cycles, no missing needs
 
 
-def test_every_spec_runs_at_smoke_size(tmp_path):
+def test_every_spec_runs_at_smoke_size(smoke_batch):
     """The shipped notebooks, with their shipped specs, at tiny sizes: the whole batch path, figures included."""
-    outcomes = runs.run_specs(None, runs_root=tmp_path / "runs", specs_root=runs.RUNS_ROOT, smoke=True, jobs=2,
-                              figures_dir=tmp_path / "figures", log=print)
+    outcomes, _, figures_dir = smoke_batch
     failed = [f"{o.spec}/{o.run}: {o.error}" for o in outcomes if o.status != "done"]
     assert not failed, "\n".join(failed)
     assert {o.spec for o in outcomes} == set(runs.load_specs())
-    assert any((tmp_path / "figures").iterdir())
+    assert any(figures_dir.iterdir())
