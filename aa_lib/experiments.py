@@ -1,0 +1,403 @@
+"""The LLF experiments on align-anything-mini (paper Sec. 3.2 / 5: Table 2, Table 3, Fig. 5, Fig. 11), shared by
+the notebooks `policy`, `llf_main`, `llf_ablation`, `llf_feedback_fraction` and their figures.
+
+One (subtask, seed) cell:
+1. `train_policy`: a tiny model of the subtask's family built from config (tokenizer trained on `mini.corpus()`),
+   then SFT on mini train rows. The initial policy of the paper is an instruction-following chat model, so that it
+   can act on a critique when self-improving; ours learns that from the same rows: plain examples (prompt ->
+   preferred response) mixed with refinement examples (prompt, a response, that response's annotated critique in
+   the upstream refinement prompt -> the preferred response; `refine_examples`).
+2. `evaluate`: greedy responses to held-out prompts scored by the mini rubric judge: mean score in % of the
+   maximum overall score, the share of perfect responses (every dimension 3/3), per-dimension means.
+3. `dpo_binary` / `feedback_model` + `synthesize` + `dpo_llf` / `ppo_binary` / `ppo_llf`: the methods of Table 2 on
+   the alignment rows (other rows than the SFT rows), synthesized sets the same size as the binary set.
+4. `ablation`: Table 3's win rate of self-improved over initial responses, with a feedback model or the policy
+   as its own critic, judged by `mini.judge_pair` (ties count half).
+5. `respondent_scores`: the mini world's simulated respondents scored on the same held-out prompts (Fig. 11).
+
+Sizes (`Sizes`) are chosen for the time budget of `make figures` on 2 CPU cores; smoke sizes for tests.
+Image-output subtasks (t2i, ti2ti) need image-token generation and DPO (aa_lib.train.image_output, in progress):
+`FAMILIES` lists only the subtasks that train end to end today.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aa_lib import data, llf, mini
+from aa_lib.subtasks import get_subtask
+
+# The family each subtask trains at profile tiny (the paper's families, SPEC §1; t2t has no paper column: llama).
+FAMILIES = {"t2t": "llama", "ti2t": "llava", "tv2t": "qwen2_vl", "ta2t": "qwen2_audio"}
+# Waiting for image-output generation / DPO (aa_lib.train.image_output): t2i and ti2ti on janus or chameleon.
+PENDING = {"t2i": "janus", "ti2ti": "janus"}
+
+
+def family_for(subtask: str) -> str:
+    name = get_subtask(subtask).name
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if name in PENDING:
+        raise NotImplementedError(f"{name}: the LLF experiments need image-output generation and DPO "
+                                  f"({PENDING[name]}, aa_lib.train.image_output), which are not available yet")
+    raise ValueError(f"{name}: the paper runs no LLF experiment on this subtask; supported: {', '.join(FAMILIES)}")
+
+
+@dataclass
+class Sizes:
+    """How big one (subtask, seed) cell is. Defaults fit `make figures` (12 cells, 2 jobs, ~20 min, 2 CPU cores)."""
+
+    n_sft: int = field(default=600, metadata={"help": "Mini train rows for the policy's SFT."})
+    n_align: int = field(default=200, metadata={"help": "Further mini train rows: binary pairs and critiques."})
+    n_heldout: int = field(default=100, metadata={"help": "Held-out prompts every policy is scored on."})
+    heldout_seed: int = field(default=0, metadata={"help": "Seed of the held-out prompts (the same for every run)."})
+    refine_share: float = field(default=0.5, metadata={
+        "help": "Refinement examples in the policy's SFT, as a share of its plain examples."})
+    sft_steps: int = field(default=150, metadata={"help": "Optimizer steps of the policy's SFT."})
+    sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
+    feedback_steps: int = field(default=60, metadata={"help": "Optimizer steps of a feedback model."})
+    dpo_steps: int = field(default=20, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
+    reward_steps: int = field(default=20, metadata={"help": "Optimizer steps of a reward model."})
+    ppo_episodes: int = field(default=32, metadata={"help": "PPO rollouts (prompts) in total."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy) in tokens."})
+    critique_tokens: int = field(default=48, metadata={"help": "Longest critique (feedback model) in tokens."})
+    max_length: int = field(default=256, metadata={"help": "Longest training sequence in tokens."})
+    gen_batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
+
+    @classmethod
+    def smoke(cls, **kw) -> "Sizes":
+        """Seconds-long sizes for tests and smoke runs (numbers mean nothing)."""
+        base = dict(n_sft=16, n_align=12, n_heldout=6, sft_steps=2, feedback_steps=2, dpo_steps=1, reward_steps=1,
+                    ppo_episodes=4, batch_size=4, max_new_tokens=6, critique_tokens=8, gen_batch_size=8)
+        return cls(**{**base, **kw})
+
+
+def sizes_from(params: dict) -> Sizes:
+    """A `Sizes` from a notebook's parameters (keys that are not Sizes fields are ignored)."""
+    names = set(Sizes.__dataclass_fields__)
+    return Sizes(**{k: v for k, v in params.items() if k in names})
+
+
+def _quiet(**kw) -> dict:
+    return dict(disable_tqdm=True, logging_steps=10, report_to="none", save_strategy="no", **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def world_rows(subtask: str, seed: int, sizes: Sizes, root=".cache/mini"):
+    """(SFT rows, alignment rows): disjoint rows of one mini train split (data seed = the run's seed)."""
+    ds = mini.dataset(subtask, sizes.n_sft + sizes.n_align, seed=seed, root=root)
+    return ds.select(range(sizes.n_sft)), ds.select(range(sizes.n_sft, len(ds)))
+
+
+@dataclass
+class HeldOut:
+    """Held-out prompts as generation examples, with the hidden truth (mini_meta) the rubric judges against."""
+
+    subtask: str
+    examples: list[dict]
+    metas: list[str]
+
+
+def heldout(subtask: str, sizes: Sizes, root=".cache/mini") -> HeldOut:
+    """The held-out prompts (the mini world's `heldout` stream; prompts identical to `mini.heldout_prompts`)."""
+    name = get_subtask(subtask).name
+    ds = mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root)
+    conv = data.to_sft(ds)  # one prompt example per row, in row order (to_prompts would deduplicate)
+    if len(conv) != len(ds):
+        raise RuntimeError(f"held-out {name}: {len(ds) - len(conv)} rows lost converting to prompts")
+    cols = [c for c in conv.column_names if c != "completion"]
+    examples = [{c: conv[i][c] for c in cols} for i in range(len(conv))]
+    return HeldOut(name, examples, list(ds["mini_meta"]))
+
+
+def _set_text(message: dict, text: str) -> dict:
+    if isinstance(message["content"], str):
+        return {"role": message["role"], "content": text}
+    return {"role": message["role"], "content": [{"type": "text", "text": text}]}
+
+
+def refine_examples(ds, n: int | None = None, seed: int = 0):
+    """Refinement SFT examples from annotated rows: prompt = [user x, assistant y_k, user "{critique_k}. Now, please
+    refine ..."] -> the row's preferred response (y_k is either response, so correct answers learn to stay)."""
+    st = get_subtask(ds.info.config_name)
+    fb = data.to_feedback_sft(ds)  # two examples per row (k = 1, 2), prompt media kept
+    if len(fb) != 2 * len(ds):
+        raise RuntimeError(f"{st.name}: {2 * len(ds) - len(fb)} responses without a critique")
+    target = data.to_sft(ds)["completion"]
+
+    def fn(prompt, completion, idx):
+        critique = completion[0]["content"] if isinstance(completion[0]["content"], str) else \
+            completion[0]["content"][0]["text"]
+        request = _set_text(prompt[2], llf.REFINE_TEMPLATE.format(critique=critique))
+        return {"prompt": [prompt[0], prompt[1], request], "completion": target[idx // 2]}
+
+    out = fb.map(fn, input_columns=["prompt", "completion"], with_indices=True, load_from_cache_file=False)
+    if n is not None and n < len(out):
+        out = out.select(np.sort(np.random.default_rng(seed).permutation(len(out))[:n]))
+    return out
+
+
+def policy_sft_examples(ds, refine_share: float, seed: int = 0):
+    """The policy's SFT mix: plain examples of every row plus `refine_share` x as many refinement examples."""
+    import datasets
+
+    plain = data.to_sft(ds)
+    n_ref = int(round(refine_share * len(plain)))
+    if n_ref == 0:
+        return plain
+    ref = refine_examples(ds, n_ref, seed).cast(plain.features)
+    return datasets.concatenate_datasets([plain, ref]).shuffle(seed=seed).flatten_indices()
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def _corpus() -> list[str]:
+    return mini.corpus() + [llf.REFINE_TEMPLATE, data.CRITIQUE_REQUEST, data.CRITIQUE_REQUEST_AUDIO]
+
+
+def build_untrained(subtask: str, out_dir, seed: int) -> Path:
+    """The tiny model of the subtask's family, built from config with a tokenizer trained on the mini corpus."""
+    from aa_lib.models import build_tiny
+
+    return build_tiny(family_for(subtask), out_dir, _corpus(), seed=seed)
+
+
+def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mini") -> dict:
+    """Build and SFT the initial policy into `out_dir/untrained` and `out_dir/policy`; returns paths and timings."""
+    from aa_lib.train.sft import SFTConfig, train_sft
+
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    base = build_untrained(subtask, out_dir / "untrained", seed)
+    sft_rows, _ = world_rows(subtask, seed, sizes, root)
+    examples = policy_sft_examples(sft_rows, sizes.refine_share, seed)
+    cfg = SFTConfig(output_dir=str(out_dir / "policy"), max_steps=sizes.sft_steps, learning_rate=sizes.sft_lr,
+                    per_device_train_batch_size=sizes.batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+                    max_length=sizes.max_length, seed=seed, data_seed=seed, **_quiet())
+    t1 = time.time()
+    policy = train_sft(cfg, base, examples)
+    return {"untrained": str(base), "policy": str(policy), "sft_examples": len(examples),
+            "seconds_sft": round(time.time() - t1, 1), "seconds": round(time.time() - t0, 1)}
+
+
+def _load(model_or_path):
+    from aa_lib.models import load_model
+
+    if isinstance(model_or_path, tuple):
+        return model_or_path
+    return load_model(model_or_path)
+
+
+# ---------------------------------------------------------------------------------------------------- judging
+def max_overall(subtask: str) -> float:
+    """The highest overall rubric score of a subtask (every dimension 3, weighted as `mini.WEIGHTS`)."""
+    return float(sum(3 * mini.WEIGHTS.get(d.name, 1.0) for d in get_subtask(subtask).dimensions))
+
+
+def score_responses(subtask: str, metas: list[str], responses: list) -> dict:
+    """Rubric scores of responses to held-out prompts: score (% of the maximum overall), perfect (% of responses
+    with every dimension 3/3), per-dimension means (0-3)."""
+    if len(metas) != len(responses):
+        raise ValueError(f"score_responses: {len(metas)} prompts vs {len(responses)} responses")
+    judged = [mini.rubric_score(m, r, subtask) for m, r in zip(metas, responses)]
+    top = max_overall(subtask)
+    overall = np.array([j["overall"] for j in judged])
+    perfect = np.array([j["overall"] == top for j in judged])
+    dims = {d: float(np.mean([j["scores"][d] for j in judged])) for d in judged[0]["scores"]} if judged else {}
+    return {"score": float(100 * overall.mean() / top), "perfect": float(100 * perfect.mean()),
+            "overall": float(overall.mean()), "max_overall": top, "dimensions": dims, "n": len(judged),
+            "scores": [float(x) for x in 100 * overall / top]}
+
+
+def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
+    """Greedy responses of a policy to the held-out prompts, judged by the rubric (`score_responses`), with
+    a few example responses."""
+    model, proc = _load(model_or_path)
+    responses = llf.generate(model, proc, held.examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
+                             batch_size=sizes.gen_batch_size, seed=seed)
+    out = score_responses(held.subtask, held.metas, responses)
+    out["examples"] = responses[:5]
+    out["responses"] = responses
+    return out
+
+
+def respondent_scores(held: HeldOut, seed: int = 0) -> dict:
+    """Fig. 11's "other models": each simulated respondent of the mini world answers the held-out prompts (its
+    faults drawn with `seed` and the prompt index) and is scored by the same rubric."""
+    from aa_lib.mini.respondents import RESPONDENTS, respond_text, sample_faults
+
+    st = get_subtask(held.subtask)
+    if not st.text_output:
+        raise NotImplementedError(f"{st.name}: respondent media scoring is not wired here")
+    out = {}
+    for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
+        texts = []
+        for i, meta in enumerate(held.metas):
+            item = json.loads(meta)
+            rng = np.random.default_rng([seed, k, i])
+            cfg = mini.make_config(**item.get("world", {}))
+            texts.append(respond_text(item, sample_faults(resp, item, rng), rng, cfg))
+        s = score_responses(st.name, held.metas, texts)
+        out[name] = {"score": s["score"], "perfect": s["perfect"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def _dpo_config(subtask, out, sizes: Sizes, seed: int, profile: str):
+    from aa_lib.presets import make_config
+
+    return make_config("dpo", subtask, out, profile, max_steps=sizes.dpo_steps,
+                       per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
+                       data_seed=seed, **_quiet())
+
+
+def dpo(subtask: str, policy, pairs, out_dir, sizes: Sizes, seed: int, profile: str = "tiny") -> Path:
+    """DPO from the policy on preference pairs (binary: `data.to_preference`; LLF: synthesized)."""
+    from aa_lib.train.dpo import train_dpo
+
+    return train_dpo(_dpo_config(subtask, out_dir, sizes, seed, profile), policy, pairs)
+
+
+def train_feedback(subtask: str, policy, align_rows, out_dir, sizes: Sizes, seed: int, fraction: float = 1.0,
+                   profile: str = "tiny") -> Path:
+    """A feedback model: SFT of the initial policy on the alignment rows' critiques (a `fraction` of the rows)."""
+    from aa_lib.presets import make_config
+
+    cfg = make_config("feedback_model", subtask, out_dir, profile, max_steps=sizes.feedback_steps,
+                      per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
+                      data_seed=seed, learning_rate=sizes.sft_lr, **_quiet())
+    return llf.train_feedback_model(cfg, policy, align_rows, fraction=fraction)
+
+
+def synthesis_config(out_dir, target_size: int, sizes: Sizes, seed: int) -> llf.SynthesisConfig:
+    return llf.SynthesisConfig(
+        output_dir=str(out_dir), target_size=target_size, max_rounds=4, batch_size=sizes.gen_batch_size, seed=seed,
+        policy_generation=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
+        feedback_generation=llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),
+        refine_generation=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens))
+
+
+def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes: Sizes, seed: int):
+    """Synthesized pairs (chosen y*, rejected y) from the alignment prompts, `target_size` of them if possible.
+
+    None when every item was dropped (a policy that never ends its answers, or never changes them): a result to
+    report, not a crash; the reasons are in `out_dir/report.json`."""
+    cfg = synthesis_config(out_dir, target_size, sizes, seed)
+    try:
+        return llf.synthesize_preferences(cfg, str(policy), data.to_prompts(align_rows),
+                                          None if feedback is None else str(feedback))
+    except ValueError as e:
+        if "was dropped" not in str(e):
+            raise
+        return None
+
+
+def synthesis_report(out_dir) -> dict:
+    """What a synthesis kept and dropped (report.json without the per-item list)."""
+    rep = json.loads((Path(out_dir) / "report.json").read_text())
+    return {k: v for k, v in rep.items() if k != "dropped_items"}
+
+
+def ppo(subtask: str, policy, reward_pairs, prompts, out_dir, sizes: Sizes, seed: int,
+        profile: str = "tiny") -> tuple[Path, Path]:
+    """A reward model (from the policy) on `reward_pairs`, then PPO from the policy on `prompts`."""
+    from aa_lib.presets import make_config
+    from aa_lib.train.common import save_trained
+    from aa_lib.train.ppo import train_ppo
+    from aa_lib.train.reward import load_reward_model, train_reward
+
+    out_dir = Path(out_dir)
+    rc = make_config("reward_model", subtask, out_dir / "reward", profile, max_steps=sizes.reward_steps,
+                     per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
+                     data_seed=seed, **_quiet())
+    rm_path = train_reward(rc, policy, reward_pairs)
+    reward_model, _ = load_reward_model(rm_path)
+    pc = make_config("ppo", subtask, out_dir / "policy", profile, total_episodes=sizes.ppo_episodes,
+                     per_device_train_batch_size=min(8, sizes.batch_size), num_mini_batches=1,
+                     response_length=sizes.max_new_tokens, max_length=sizes.max_length, seed=seed, data_seed=seed,
+                     **_quiet())
+    trainer = train_ppo(pc, policy, reward_model, prompts)
+    model = trainer.policy_model if hasattr(trainer, "policy_model") else trainer.model
+    return save_trained(model, trainer.processing_class, out_dir / "policy", source_path=policy), rm_path
+
+
+def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
+    """Table 3: self-improve on held-out prompts with `feedback` (None: the policy critiques itself); the win rate
+    of y* over y judged by `mini.judge_pair` (ties count half), and the rubric scores of y and y*."""
+    pol = _load(policy)
+    fb = pol if feedback is None else _load(feedback)
+    res = llf.self_improve(pol[0], held.examples, fb[0], processor=pol[1], feedback_processor=fb[1],
+                           policy_options=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
+                           feedback_options=llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),
+                           refine_options=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
+                           batch_size=sizes.gen_batch_size, seed=seed)
+    ys, stars = [r["y"] for r in res], [r["y_star"] for r in res]
+    wr = llf.win_rate(lambda i, a, b: mini.judge_pair(held.metas[i], a, b, held.subtask), ys, stars)
+    return {**wr, "win_rate": 100 * wr["win_rate"], "changed": 100 * float(np.mean([y != s for y, s in zip(ys, stars)])),
+            "score_y": score_responses(held.subtask, held.metas, ys)["score"],
+            "score_y_star": score_responses(held.subtask, held.metas, stars)["score"],
+            "examples": [{"y": r["y"], "c": r["c"], "y_star": r["y_star"]} for r in res[:4]]}
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def policy_dir(seed: int, subtask: str, runs_root=None, spec: str = "policy") -> Path:
+    """The run folder of the `policy` spec for (subtask, seed), where its checkpoints are."""
+    from aa_lib.runs import load_results, runs_root_default
+
+    root = Path(runs_root or runs_root_default())
+    for r in load_results(spec, root):
+        p = r["parameters"]
+        if p.get("subtask") == subtask and p.get("seed") == seed:
+            return root / spec / r["run"]
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under {root}; run "
+                            f"`python -m aa_lib.runs {spec}` first")
+
+
+def run_results(spec: str, seed: int, subtask: str, runs_root=None) -> tuple[Path, dict]:
+    """(run folder, results) of a finished run of `spec` for (subtask, seed)."""
+    from aa_lib.runs import load_results, runs_root_default
+
+    root = Path(runs_root or runs_root_default())
+    for r in load_results(spec, root):
+        p = r["parameters"]
+        if p.get("subtask") == subtask and p.get("seed") == seed:
+            return root / spec / r["run"], r["results"]
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under {root}")
+
+
+def summary(evaluation: dict) -> dict:
+    """The numbers of an `evaluate` result worth saving (no per-prompt responses)."""
+    return {k: evaluation[k] for k in ("score", "perfect", "overall", "max_overall", "dimensions", "n", "examples")
+            if k in evaluation}
+
+
+def sizes_dict(sizes: Sizes) -> dict:
+    return asdict(sizes)
+
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the t confidence interval, n) of per-seed values (NaNs left out; n < 2: width NaN)."""
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), 1
+    if level != 0.95:
+        raise ValueError("interval: only the 95 % level is tabulated")
+    t = T95[len(v) - 1] if len(v) - 1 in T95 else 1.96
+    half = t * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(half), len(v)
+
+
+def experiment_sizes(smoke: bool, overrides: dict | None = None) -> Sizes:
+    """The notebooks' sizes: defaults, or smoke sizes, with `overrides` (Sizes fields) on top."""
+    base = Sizes.smoke() if smoke else Sizes()
+    return Sizes(**{**asdict(base), **(overrides or {})})
