@@ -580,7 +580,8 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
 
 def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_size: int = 32, lr: float = 2e-3,
                           commitment: float = 0.25, denoise: bool = True, seed: int = 0,
-                          max_seconds: float | None = None) -> Path:
+                          max_seconds: float | None = None, foreground_weight: float = 1.0, revive_every: int = 50,
+                          revive_until: float = 0.5) -> Path:
     """Fit a tiny Janus model's VQ autoencoder (encoder, codebook, decoder) to `images`; the model folder with the
     trained VQ goes to `out_dir` (every other weight unchanged). Tiny profile only.
 
@@ -591,6 +592,9 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
     With `denoise` the decoder's target is the 3x3 median of the input: pixel noise is then not worth a code, so
     background patches share a few codes instead of spreading over all 64 (measured: code entropy of a corner
     patch 3.1 nats without it), which is what makes the codes learnable by a tiny policy in a minute.
+    `foreground_weight` weights the reconstruction error of non-background pixels (`aa_lib.image_policy` uses 8:
+    with plain MSE every code decodes to the shapes' mean colour). Unused codes are moved onto random encoder
+    outputs every `revive_every` steps during the first `revive_until` share of the steps.
     """
     model, processor = load_model(model_path, family="janus")
     torch.manual_seed(seed)
@@ -598,6 +602,13 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
     vq.train()
     pixels = processor.image_processor(images=[_pil(im) for im in images], return_tensors="pt")["pixel_values"]
     targets = _median3(pixels) if denoise else pixels
+    weight = None
+    if foreground_weight != 1.0:
+        from aa_lib.mini.world import BACKGROUND
+
+        bg = processor.image_processor(images=[_pil(np.full((32, 32, 3), BACKGROUND, np.uint8))],
+                                       return_tensors="pt")["pixel_values"]
+        weight = 1.0 + (foreground_weight - 1.0) * ((pixels - bg).abs().amax(1, keepdim=True) > 0.1).float()
     with torch.no_grad():
         vq.quantize.embedding.weight.copy_(F.normalize(torch.randn_like(vq.quantize.embedding.weight), dim=-1))
     opt = torch.optim.Adam(vq.parameters(), lr=lr)
@@ -614,11 +625,16 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
         qst = zf + (q - zf).detach()
         h = qst.view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
         recon = vq.decoder(vq.post_quant_conv(h))
-        loss = F.mse_loss(recon, goal) + commitment * F.mse_loss(zf, q.detach()) + F.mse_loss(q, zf.detach())
+        if weight is None:
+            rec = F.mse_loss(recon, goal)
+        else:
+            w = weight[pick]
+            rec = (w * (recon - goal) ** 2).sum() / (w.sum() * goal.shape[1])
+        loss = rec + commitment * F.mse_loss(zf, q.detach()) + F.mse_loss(q, zf.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 50 == 0 and step < steps // 2:  # revive dead codes: move unused entries onto random encoder outputs
+        if step % revive_every == 0 and step < steps * revive_until:  # revive dead codes onto random encoder outputs
             with torch.no_grad():
                 used = torch.bincount(idx, minlength=book.shape[0]) > 0
                 dead = (~used).nonzero().flatten()
@@ -635,7 +651,7 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
     def extra(tmp: Path):
         (tmp / "aa_image_tokenizer.json").write_text(json.dumps(
             {"steps": len(losses), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
-             "n_images": len(pixels), "seed": seed}))
+             "n_images": len(pixels), "seed": seed, "foreground_weight": foreground_weight}))
 
     return save_trained(model, processor, out_dir, source_path=model_path, extra=extra)
 
