@@ -13,10 +13,13 @@ Each run lands in `papermill_runs/<spec>/<run>/`: the executed notebook, `parame
 `.partial` folder that is renamed into place only when it succeeds, so a run killed halfway leaves nothing that
 looks finished and is redone cleanly. A finished run whose inputs are unchanged (notebook, parameters, profile, the
 results it reads) is skipped. One failing run is recorded in `<run>.failed/` and never takes the others with it.
+Dependencies are per run (llf_main for one subtask and seed waits for that policy run only), and a run executes under
+a file lock, so two processes (two Slurm jobs) never execute the same run at once.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import itertools
 import json
@@ -143,14 +146,30 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fingerprint(spec: RunSpec, params: dict, runs_root: Path) -> str:
-    """What a run's outputs depend on: its notebook, its parameters and the results of the specs it reads."""
+def grid_keys(spec: RunSpec, profile: str = "tiny", smoke: bool = False) -> set[str]:
+    over, small = spec.profiles.get(profile, {}), (spec.smoke if smoke else {})
+    return set(spec.grid) | set(over.get("grid", {})) | set(small.get("grid", {}))
+
+
+def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tiny", smoke: bool = False) -> list[str]:
+    """The runs of `dep` that a run of `spec` with `params` reads: those agreeing on the grid keys both specs share
+    (llf_main's subtask=ti2t, seed=1 reads policy's subtask=ti2t, seed=1); every run when they share none (a
+    figure reads them all)."""
+    shared = grid_keys(spec, profile, smoke) & grid_keys(dep, profile, smoke)
+    return [r for r, p in dep.runs(profile, smoke) if all(p.get(k) == params.get(k) for k in shared)]
+
+
+def fingerprint(spec: RunSpec, params: dict, runs_root: Path, deps: dict[str, list[str]] | None = None) -> str:
+    """What a run's outputs depend on: its notebook, its parameters and the results of the runs it reads (`deps`:
+    spec -> run names; default every finished run of each spec in `needs`)."""
     h = hashlib.sha256()
     h.update(spec.notebook.read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     for dep in sorted(spec.needs):
+        names = None if deps is None else set(deps.get(dep, ()))
         for res in sorted(Path(runs_root, dep).glob("*/results.json")):
-            h.update(res.parent.name.encode() + _sha(res.read_bytes()).encode())
+            if names is None or res.parent.name in names:
+                h.update(res.parent.name.encode() + _sha(res.read_bytes()).encode())
     return h.hexdigest()
 
 
@@ -179,16 +198,29 @@ def _git_commit() -> str | None:
 class RunOutcome:
     spec: str
     run: str
-    status: str  # "done", "skipped", "failed"
+    status: str  # "done", "skipped", "failed", "busy" (another process holds the run's lock)
     seconds: float = 0.0
     error: str = ""
 
 
 def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: bool = False,
-                timeout_s: float | None = None, figures_dir: Path | None = None) -> RunOutcome:
-    runs_root = Path(runs_root)
+                timeout_s: float | None = None, figures_dir: Path | None = None,
+                deps: dict[str, list[str]] | None = None) -> RunOutcome:
+    """One run, under a per-run lock: a second process asking for the same run (two Slurm jobs, two shells)
+    gets "busy" instead of deleting the first one's work in progress."""
+    lock_path = Path(runs_root) / spec.name / f".{run}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return RunOutcome(spec.name, run, "busy", error=f"another process is executing it (lock {lock_path})")
+        return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+
+
+def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figures_dir, deps) -> RunOutcome:
     final = runs_root / spec.name / run
-    fp = fingerprint(spec, params, runs_root)
+    fp = fingerprint(spec, params, runs_root, deps)
     manifest_path = final / "manifest.json"
     if not force and manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fp:
         return RunOutcome(spec.name, run, "skipped")
@@ -240,53 +272,69 @@ def _last_error(log: str) -> str:
     return (errs or lines or ["(no output)"])[-1][:500]
 
 
+def _downstream_depth(specs: list[RunSpec]) -> dict[str, int]:
+    """How many specs wait behind each spec on its longest chain (policy -> llf_main -> fraction -> figure: 3)."""
+    depth = {s.name: 0 for s in specs}
+    for s in reversed(specs):  # dependency order reversed: dependents first
+        for d in s.needs:
+            if d in depth:
+                depth[d] = max(depth[d], depth[s.name] + 1)
+    return depth
+
+
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
               runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, smoke: bool = False,
               figures_dir: Path | None = None, specs_root: Path | None = None, log=print) -> list[RunOutcome]:
     """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`.
 
-    Up to `jobs` runs execute at once, from any specs whose needs are complete: a spec starts as soon as the specs
-    it reads have finished, so independent experiments overlap. Dependents of a failed spec are reported, not run.
+    Dependencies are per run: a run starts as soon as the runs it reads are finished (`matching_runs`), so
+    llf_main for (ti2t, seed 1) need not wait for the slowest policy. Up to `jobs` runs execute at once; among the
+    runs ready to go, those with the longest chain of specs behind them go first. Dependents of a failed (or busy)
+    run are reported, not run; everything else still runs.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
     specs = ordered(load_specs(specs_root or runs_root), names)
+    by_name = {s.name: s for s in specs}
+    depth = _downstream_depth(specs)
+    todo = []  # (priority, spec, run, params, deps)
+    for k, spec in enumerate(specs):
+        for j, (run, params) in enumerate(spec.runs(profile, smoke=smoke)):
+            deps = {d: matching_runs(spec, params, by_name[d], profile, smoke) for d in spec.needs}
+            todo.append(((-depth[spec.name], k, j), spec, run, params, deps))
+    todo.sort(key=lambda t: t[0])
+    state: dict[tuple[str, str], str] = {}  # (spec, run) -> done / skipped / failed / busy
     outcomes: list[RunOutcome] = []
-    finished, failed = set(), set()
-    left = {spec.name: len(spec.runs(profile, smoke=smoke)) for spec in specs}
-    pending = list(specs)
     running = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        while pending or running:
-            for spec in list(pending):
-                blocked = [d for d in spec.needs if d in failed]
-                if blocked:
-                    pending.remove(spec)
-                    failed.add(spec.name)
-                    outcomes += [RunOutcome(spec.name, r, "failed", error=f"needs {', '.join(blocked)}, which failed")
-                                 for r, _ in spec.runs(profile, smoke=smoke)]
-                    log(f"[{spec.name}] not run: needs {', '.join(blocked)}, which failed")
-                elif all(d in finished for d in spec.needs):
-                    pending.remove(spec)
-                    if not left[spec.name]:
-                        finished.add(spec.name)
-                    for r, p in spec.runs(profile, smoke=smoke):
-                        fut = pool.submit(execute_run, spec, r, p, Path(runs_root), force, timeout_s, figures_dir)
-                        running[fut] = spec.name
+        while todo or running:
+            for item in list(todo):
+                _, spec, run, params, deps = item
+                needed = [(d, r) for d, rs in deps.items() for r in rs]
+                bad = [f"{d}/{r}" for d, r in needed if state.get((d, r)) in ("failed", "busy")]
+                if bad:
+                    todo.remove(item)
+                    state[(spec.name, run)] = "failed"
+                    o = RunOutcome(spec.name, run, "failed", error=f"needs {', '.join(bad)}, which did not finish")
+                    outcomes.append(o)
+                    log(f"[{spec.name}/{run}] not run: {o.error}")
+                elif len(running) < max(1, jobs) and all(state.get(n) in ("done", "skipped") for n in needed):
+                    todo.remove(item)
+                    fut = pool.submit(execute_run, spec, run, params, Path(runs_root), force, timeout_s,
+                                      figures_dir, deps)
+                    running[fut] = (spec.name, run)
             if not running:
+                if todo:  # nothing runs and nothing can start: a need outside the selected specs
+                    raise RuntimeError(f"runs waiting on needs that never run: {[(t[1].name, t[2]) for t in todo]}")
                 continue
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in done:
-                name = running.pop(fut)
+                running.pop(fut)
                 o = fut.result()
                 outcomes.append(o)
+                state[(o.spec, o.run)] = o.status
                 log(f"[{o.spec}/{o.run}] {o.status}" + (f" in {o.seconds:.0f} s" if o.status == "done" else "")
                     + (f": {o.error}" if o.error else ""))
-                if o.status == "failed":
-                    failed.add(name)
-                left[name] -= 1
-                if not left[name] and name not in failed:
-                    finished.add(name)
     order = {spec.name: k for k, spec in enumerate(specs)}
     return sorted(outcomes, key=lambda o: (order[o.spec], o.run))
 
@@ -315,12 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         figures_dir = figures_dir or runs_root / "figures"
     outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=runs_root,
                          timeout_s=args.timeout, smoke=args.smoke, figures_dir=figures_dir, specs_root=args.runs_root)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed")
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
+    print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed"
+          + (f", {counts['busy']} busy in another process" if counts["busy"] else ""))
     for o in outcomes:
         if o.status == "failed":
             print(f"  FAILED {o.spec}/{o.run}: {o.error}  (see papermill_runs/{o.spec}/{o.run}.failed/error.txt)")
-    return 1 if counts["failed"] else 0
+        elif o.status == "busy":
+            print(f"  BUSY {o.spec}/{o.run}: {o.error}")
+    return 1 if counts["failed"] or counts["busy"] else 0
 
 
 if __name__ == "__main__":

@@ -86,3 +86,37 @@ def test_spec_errors_are_clear(root):
     (root / "runs" / "bad.yaml").write_text("notebok: nb.ipynb\n")
     with pytest.raises(ValueError, match="bad.yaml"):
         runs.load_specs(root / "runs")
+
+
+def test_dependencies_are_per_run_and_fingerprints_stable(root):
+    _spec(root, "base", grid={"seed": [0, 1]}, parameters={"fail_on": 1})
+    _spec(root, "step", grid={"seed": [0, 1]}, needs=["base"])
+    _spec(root, "fig", needs=["step"])
+    out = {(o.spec, o.run): o for o in runs.run_specs(None, runs_root=root / "runs", jobs=2, log=lambda *_: None)}
+    assert out[("step", "seed-0")].status == "done"  # its own base run finished: the failed seed-1 does not block it
+    assert out[("step", "seed-1")].status == "failed" and "base/seed-1" in out[("step", "seed-1")].error
+    assert out[("fig", "default")].status == "failed"  # a figure reads every run of step
+    # Fixed base (a changed parameter: both base runs are redone): step/seed-0 reads results equal to before, so it
+    # is skipped; what read the failed run is redone.
+    _spec(root, "base", grid={"seed": [0, 1]})
+    again = {(o.spec, o.run): o.status for o in runs.run_specs(None, runs_root=root / "runs", log=lambda *_: None)}
+    assert again == {("base", "seed-0"): "done", ("base", "seed-1"): "done", ("step", "seed-0"): "skipped",
+                     ("step", "seed-1"): "done", ("fig", "default"): "done"}
+    third = {o.status for o in runs.run_specs(None, runs_root=root / "runs", log=lambda *_: None)}
+    assert third == {"skipped"}
+
+
+def test_a_run_locked_by_another_process_is_left_alone(root):
+    import fcntl
+
+    _spec(root, "exp", grid={"seed": [0, 1]})
+    lock_path = root / "runs" / "exp" / ".seed-0.lock"
+    lock_path.parent.mkdir(parents=True)
+    partial = root / "runs" / "exp" / ".seed-0.partial"
+    partial.mkdir()
+    (partial / "work.txt").write_text("in progress elsewhere")
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a second Slurm job running the same spec holds
+        out = {o.run: o for o in runs.run_specs(["exp"], runs_root=root / "runs", log=lambda *_: None)}
+    assert out["seed-0"].status == "busy" and out["seed-1"].status == "done"
+    assert (partial / "work.txt").exists()  # the other process's work in progress is untouched
