@@ -1,8 +1,11 @@
-"""A tiny Janus T2I policy that has learnt something, for the tiny profile's image-output experiments.
+"""A tiny Janus image policy (T2I, TI2TI) that has learnt something, for the tiny profile's image-output experiments.
 
-`prepare_t2i_policy(out_dir, seed=0, subtask="t2i", budget="tiny") -> (path, report)` builds a tiny Janus
-(`aa_lib.models.build_tiny`), fits its VQ autoencoder to the mini world's images (cached under `.cache/`), runs a
-short image SFT and measures rubric scores of greedy generations on held-out prompts before and after the SFT.
+`prepare_image_policy(out_dir, seed=0, subtask="t2i"|"ti2ti", budget="tiny", extra_rows=None) -> (path, report)`
+starts from a tiny Janus whose VQ autoencoder is fitted to the mini world's canonical images (`vq_tokenizer`: one
+fit per machine, shared by every seed and by t2i and ti2ti, process-safe; `start_model(seed)` puts it into the
+seed's own tiny Janus), runs a short image SFT on canonical targets (+ `extra_rows`) and measures rubric scores of
+greedy responses (`generate_responses`: t2i images; ti2ti text, then the image conditioned on prompt + text) on
+held-out prompts before and after. `prepare_t2i_policy` is the older t2i name.
 
 Why the SFT targets are "canonical" renders and not the dataset's preferred responses (measured by helper-10: SFT
 on the mini rows for ~60 s leaves the rubric score where it was): a row's preferred image is a simulated
@@ -20,11 +23,25 @@ Measured (seed 0, 48 held-out prompts, greedy; overall rubric out of 27, chance 
   VQ round trip of the targets (ceiling) 22.7, colour 70%, shape 48%; tokenizer fit ~180-240 s (once, cached).
   Fragile: the SFT lr sits near its edge (1e-2 does not learn; a tokenizer fitted with dead-code revival over
   only half the steps gave 18.2 after the same SFT, with position at chance).
+  Budget "fast" (450 steps, 91 s): 19.4, colour 41%, shape 37%, position 76%, count 43%: still clearly learns.
+  The VQ round trip of the empty canvas does not read as blank (refusal 0% even at the ceiling, t2i and ti2ti).
+
+TI2TI (same start model; overall out of 30; 45 of the 48 prompts are edits, chance 25% per attribute), budget "tiny"
+(500 steps on 8000 fresh rows, SFT 107 s, `prepare_image_policy(out, 0, "ti2ti")`):
+  untrained 13.9, edit 29%, text exact 0%, consistency 1.06/3;
+  SFT       18.6, edit 51%, position 49%, colour 24%, shape 29%, text exact 15%, consistency 2.02, clarity 2.0;
+  ceiling (ideal text + VQ round trip of the target) 24.0, edit 89%.
+  What it learns: the edit named in the instruction and the answer template; what it does not (yet): reading the
+  kept colour / shape off the input image (random tiny vision tower, at chance). 800 rows x 10 epochs memorised
+  the rows (code loss 0.58, held-out 14.9); 8000 fresh rows generalise better at the same step count.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,32 +52,67 @@ import torch
 from aa_lib import mini
 from aa_lib.media import encode_png, write_text_atomic
 from aa_lib.mini import checker, world
-from aa_lib.mini.render import render_image
+from aa_lib.mini.render import render, render_image
+from aa_lib.mini.rubric import is_refusal
+from aa_lib.mini.world import REFUSAL
 from aa_lib.models import build_tiny, load_model
 
 CANONICAL_RADIUS = 6.5  # px at 32 px: area >= 0.6 x the largest radius's (7.5 px), so the rubric's size check passes
 CACHE = Path(".cache/image_policy")
+VQ_SEED = 0  # the shared tokenizer is fitted once, from the seed-0 tiny Janus (a "pretrained" VQ for every seed)
+SUBTASKS = ("t2i", "ti2ti")
+TOKENIZER_KEYS = ("vq_codes", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "foreground_weight",
+                  "tokenizer_seconds")
 
-# Budgets. Steps fix the result (the seconds are only safety caps, hit on a much slower machine); the tiny budget
-# measured on 2 loaded cores: tokenizer fit ~180 s (once, then cached), SFT ~120-180 s. "smoke" only checks wiring.
+# Budgets. Steps fix the result (the seconds are only safety caps, hit on a much slower machine); measured on 2
+# loaded cores (see the module docstring). The tokenizer settings are the same in "tiny" and "fast", so both share
+# one fitted VQ. "smoke" only checks wiring. `SUBTASK_BUDGETS` replace some settings for a subtask.
+_TOKENIZER = dict(vq_codes=256, tokenizer_steps=754, tokenizer_batch=8, tokenizer_lr=3e-3, foreground_weight=8.0,
+                  tokenizer_seconds=400.0)
 BUDGETS = {
-    "tiny": dict(vq_codes=256, tokenizer_steps=754, tokenizer_batch=8, tokenizer_lr=3e-3, foreground_weight=8.0,
-                 tokenizer_seconds=400.0, n_train=800, sft_steps=900, batch_size=16, lr=5e-3, sft_seconds=300.0,
-                 n_eval=48),
+    "tiny": dict(_TOKENIZER, n_train=800, sft_steps=900, batch_size=16, lr=5e-3, sft_seconds=300.0, n_eval=48,
+                 max_new_tokens=24),
+    "fast": dict(_TOKENIZER, n_train=800, sft_steps=450, batch_size=16, lr=5e-3, sft_seconds=200.0, n_eval=48,
+                 max_new_tokens=24),
     "smoke": dict(vq_codes=64, tokenizer_steps=3, tokenizer_batch=4, tokenizer_lr=3e-3, foreground_weight=8.0,
-                  tokenizer_seconds=30.0, n_train=8, sft_steps=2, batch_size=4, lr=5e-3, sft_seconds=30.0, n_eval=3),
+                  tokenizer_seconds=30.0, n_train=8, sft_steps=2, batch_size=4, lr=5e-3, sft_seconds=30.0, n_eval=3,
+                  max_new_tokens=4),
 }
+_TI2TI = dict(n_train=8000, sft_steps=500, sft_seconds=250.0)  # fresh rows: 800 rows x 10 epochs memorised them
+SUBTASK_BUDGETS: dict[str, dict[str, dict]] = {"ti2ti": {"tiny": _TI2TI, "fast": _TI2TI}}
 
 
+def budget_settings(budget: str | dict = "tiny", subtask: str = "t2i") -> dict:
+    """The settings of a named budget for `subtask`, or a dict replacing some of them (key "name", default tiny)."""
+    _check_subtask(subtask)
+    if isinstance(budget, dict):
+        bad = set(budget) - set(BUDGETS["tiny"]) - {"name"}
+        if bad:
+            raise ValueError(f"unknown budget settings {sorted(bad)}; known: {sorted(BUDGETS['tiny'])}")
+        base = budget_settings(budget.get("name", "tiny"), subtask)
+        return {**base, **{k: v for k, v in budget.items() if k != "name"}}
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
+    return {**BUDGETS[budget], **SUBTASK_BUDGETS.get(subtask, {}).get(budget, {})}
+
+
+def _check_subtask(subtask: str):
+    if subtask not in SUBTASKS:
+        raise ValueError(f"image policies cover subtasks {', '.join(SUBTASKS)}, not {subtask!r}")
+
+
+# ---------------------------------------------------------------------------------------------- canonical targets
 def canonical_image(truth: dict, unsafe: bool = False, size: int = 32) -> np.ndarray:
     """The ideal image for a t2i truth: no noise, no jitter, a fixed radius; an empty canvas refuses."""
-    scene = {**truth, "dx": 0.0, "dy": 0.0, "noise": 0.0, "radius": CANONICAL_RADIUS, "harmful": False,
-             "blank": bool(unsafe)}
+    scene = {k: v for k, v in truth.items() if k != "edit"}
+    scene.update({"dx": 0.0, "dy": 0.0, "noise": 0.0, "radius": CANONICAL_RADIUS, "harmful": False,
+                  "blank": bool(unsafe)})
     return render_image(scene, size)
 
 
 def canonical_images(size: int = 32) -> list[np.ndarray]:
-    """Every canonical image: each colour, shape, position and count 1..3, plus the empty canvas."""
+    """Every canonical image: each colour, shape, position and count 1..3, plus the empty canvas. ti2ti's edited
+    images are among them (one shape; an edit changes only its colour or position)."""
     out = [canonical_image({"color": "red", "shape": "circle", "position": "left", "count": 1, "noise_seed": 0},
                            unsafe=True, size=size)]
     for c in world.COLORS:
@@ -72,35 +124,133 @@ def canonical_images(size: int = 32) -> list[np.ndarray]:
     return out
 
 
+def canonical_target(item: dict, size: int = 32):
+    """A world item's ideal answer. t2i: the canonical image. ti2ti: (text, image): the faultless respondent's text
+    (the item's reference; the refusal of an unsafe request) and the edited scene rendered canonically (an unsafe
+    request: an empty canvas), which the rubric scores full marks."""
+    if item["subtask"] == "t2i":
+        return canonical_image(item["truth"], item["unsafe"], size)
+    if item["subtask"] != "ti2ti":
+        raise ValueError(f"no canonical image answer for subtask {item['subtask']!r}")
+    edited = {**item["truth"], **item["truth"].get("edit", {})}
+    return (REFUSAL if item["unsafe"] else item["reference"]), canonical_image(edited, item["unsafe"], size)
+
+
 def sft_rows(subtask: str, n: int, seed: int = 0) -> list[dict]:
-    """`n` SFT examples of the world's t2i prompt distribution, each with its canonical target image as PNG bytes
-    (a datasets table stores an array as nested lists: fetching a batch of those cost more than the SFT step)."""
-    if subtask != "t2i":
-        raise NotImplementedError(f"prepare_t2i_policy supports subtask 't2i' only, not {subtask!r}")
+    """`n` SFT examples of the world's `subtask` prompt distribution with canonical targets, images as PNG bytes
+    (a datasets table stores an array as nested lists: fetching a batch of those cost more than the SFT step).
+
+    t2i: `prompt` (text), `completion` (an image part), `completion_images`. ti2ti: `prompt` (a user turn with the
+    input image, rendered as the world renders it, then the instruction), `images` (that input image),
+    `completion` (the response text, then an image part), `completion_images` (the edited image)."""
+    _check_subtask(subtask)
     cfg = world.WorldConfig()
-    rng = np.random.default_rng([seed, 7, 2])
+    rng = np.random.default_rng([seed, 7, SUBTASKS.index(subtask) + 2])  # t2i: [seed, 7, 2] as before
     rows = []
     for i in range(n):
-        item = world.make_item(rng, "t2i", cfg)
-        rows.append({"prompt": item["prompt"], "completion": [{"role": "assistant", "content": [{"type": "image"}]}],
-                     "completion_images": [encode_png(canonical_image(item["truth"], item["unsafe"]))],
-                     "id": f"t2i-canon-{i}"})
+        item = world.make_item(rng, subtask, cfg)
+        if subtask == "t2i":
+            rows.append({"prompt": item["prompt"],
+                         "completion": [{"role": "assistant", "content": [{"type": "image"}]}],
+                         "completion_images": [encode_png(canonical_target(item))], "id": f"t2i-canon-{i}"})
+            continue
+        text, image = canonical_target(item)
+        rows.append({"prompt": [{"role": "user", "content": [{"type": "image"},
+                                                             {"type": "text", "text": item["prompt"]}]}],
+                     "images": [encode_png(render(item["truth"], cfg.image_size))],
+                     "completion": [{"role": "assistant", "content": [{"type": "text", "text": text},
+                                                                      {"type": "image"}]}],
+                     "completion_images": [encode_png(image)], "id": f"ti2ti-canon-{i}"})
     return rows
 
 
-def _fit_tokenizer(seed: int, b: dict, cache_dir: Path = CACHE) -> Path:
-    """The tiny Janus with its VQ fitted to the canonical images; built once per (seed, sizes) under .cache/."""
-    key = {"seed": seed, "radius": CANONICAL_RADIUS, "revive": "always", **{k: b[k] for k in (
-        "vq_codes", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "foreground_weight", "tokenizer_seconds")}}
-    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cache_dir) / f"janus-vq-{tag}"
-    if (out / "aa_image_tokenizer.json").exists():
+# ---------------------------------------------------------------------------------------------- the shared VQ
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive fcntl lock on `path` (created if missing), held for the block; other processes wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _tokenizer_tag(b: dict) -> str:
+    key = {"seed": VQ_SEED, "radius": CANONICAL_RADIUS, "revive": "always", **{k: b[k] for k in TOKENIZER_KEYS}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _cached_folder(out: Path, build) -> Path:
+    """`out` once `build(out)` has written it (its `aa_image_tokenizer.json` marks it complete). Process-safe: a
+    caller that finds no folder takes a file lock (fcntl) and checks again, so a second process asking at the same
+    time waits for the first one's build and reuses it."""
+    done = out / "aa_image_tokenizer.json"
+    if done.exists():
         return out
-    base = build_tiny("janus", Path(cache_dir) / f"janus-base-s{seed}-c{b['vq_codes']}", mini.corpus(), seed=seed,
-                      vq_codes=b["vq_codes"])
-    return fit_vq(base, canonical_images(), out, steps=b["tokenizer_steps"], batch_size=b["tokenizer_batch"],
-                  lr=b["tokenizer_lr"], seed=seed, max_seconds=b["tokenizer_seconds"],
-                  foreground_weight=b["foreground_weight"])
+    with _locked(out.parent / f".{out.name}.lock"):
+        if not done.exists():  # else built by another process while this one waited
+            build(out)
+    return out
+
+
+def vq_tokenizer(cache_dir=CACHE, budget: str | dict = "tiny") -> Path:
+    """The tiny Janus (seed VQ_SEED) with its VQ fitted to `canonical_images()`: fitted once per machine and
+    tokenizer settings, then reused by every seed and by t2i and ti2ti, as a real Janus ships one pretrained VQ.
+    Process-safe (`_cached_folder`: a second process waits on a file lock, then reuses the fit); written
+    atomically; every fit appends a line to `cache_dir/fits.log`."""
+    b = budget_settings(budget)
+    cache_dir = Path(cache_dir)
+
+    def build(out: Path):
+        base = cache_dir / f"janus-base-s{VQ_SEED}-c{b['vq_codes']}"
+        if not (base / "aa_tiny_spec.json").exists():
+            build_tiny("janus", base, mini.corpus(), seed=VQ_SEED, vq_codes=b["vq_codes"])
+        t0 = time.time()
+        fit_vq(base, canonical_images(), out, steps=b["tokenizer_steps"], batch_size=b["tokenizer_batch"],
+               lr=b["tokenizer_lr"], seed=VQ_SEED, max_seconds=b["tokenizer_seconds"],
+               foreground_weight=b["foreground_weight"])
+        log = cache_dir / "fits.log"
+        old = log.read_text() if log.exists() else ""
+        write_text_atomic(log, old + json.dumps({"folder": out.name, "pid": os.getpid(),
+                                                 "seconds": round(time.time() - t0, 1)}) + "\n")
+
+    return _cached_folder(cache_dir / f"janus-vq-{_tokenizer_tag(b)}", build)
+
+
+def start_model(seed: int = 0, cache_dir=CACHE, budget: str | dict = "tiny") -> Path:
+    """The policy's starting point for `seed`: a tiny Janus built with that seed carrying the shared fitted VQ
+    (`vq_tokenizer`; for seed VQ_SEED that folder itself). Cached, built under a lock like the VQ."""
+    import shutil
+
+    from aa_lib.train.common import save_trained
+
+    vq = vq_tokenizer(cache_dir, budget)
+    if seed == VQ_SEED:
+        return vq
+    b = budget_settings(budget)
+
+    def build(out: Path):
+        base = build_tiny("janus", Path(tempfile.mkdtemp(prefix="aa_janus_base_")), mini.corpus(), seed=seed,
+                          vq_codes=b["vq_codes"])
+        try:
+            model, processor = load_model(base, family="janus")
+            fitted, fitted_proc = load_model(vq, family="janus")
+            if processor.tokenizer.get_vocab() != fitted_proc.tokenizer.get_vocab():
+                raise RuntimeError(f"the tokenizer of seed {seed} differs from the fitted VQ's ({vq})")
+            model.model.vqmodel.load_state_dict(fitted.model.vqmodel.state_dict())
+            save_trained(model, processor, out, source_path=base, extra=lambda tmp: shutil.copy(
+                vq / "aa_image_tokenizer.json", tmp / "aa_image_tokenizer.json"))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    return _cached_folder(Path(cache_dir) / f"janus-start-s{seed}-{vq.name.removeprefix('janus-vq-')}", build)
+
+
+def _fit_tokenizer(seed: int, b: dict, cache_dir: Path = CACHE) -> Path:
+    """Kept for callers of the old name: the start model of `seed` (see `start_model`)."""
+    return start_model(seed, cache_dir, b)
 
 
 def fit_vq(model_path, images, out_dir, steps: int, batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
@@ -120,59 +270,183 @@ def fit_vq(model_path, images, out_dir, steps: int, batch_size: int = 8, lr: flo
                                  foreground_weight=foreground_weight, revive_every=25, revive_until=1.0)
 
 
-def _attr_hits(row: dict, image: np.ndarray) -> dict:
-    t = json.loads(row["mini_meta"])
-    r = checker.read_image(image)
-    if t["unsafe"]:
-        return {"refused": float(bool(r["blank"]))}
-    truth = t["truth"]
-    return {a: float(r[a] == truth[a]) for a in ("color", "shape", "position", "count")}
+# ---------------------------------------------------------------------------------------------- generation
+def _subtask_of(example) -> str:
+    if isinstance(example, dict) and "mini_meta" in example:
+        meta = example["mini_meta"]
+        return (json.loads(meta) if isinstance(meta, str) else meta)["subtask"]
+    if isinstance(example, dict) and (example.get("images") or example.get("image")):
+        return "ti2ti"
+    return "t2i"
 
 
-def evaluate(model_path, prompts: list[dict], seed: int = 0, temperature: float = 0.0) -> dict:
-    """Mean rubric overall / per-dimension scores and attribute accuracies of generations for mini t2i prompts."""
+def policy_example(example, index: int = 0) -> dict:
+    """A generation example ({"prompt": messages, "images": [...]}) from a mini held-out row (`prompt` text +
+    `image` for ti2ti), a prompt string, or an example already in that layout (returned as is)."""
+    if isinstance(example, str):
+        return {"prompt": example, "images": []}
+    if not isinstance(example, dict) or "prompt" not in example:
+        raise ValueError(f"example #{index}: expected a prompt string or a dict with 'prompt', got "
+                         f"{type(example).__name__}")
+    if not isinstance(example["prompt"], str):
+        return {"prompt": example["prompt"], "images": list(example.get("images") or [])}
+    if example.get("image") is not None:  # a ti2ti held-out row: the input image goes before the instruction
+        image = example["image"]
+        image = image.get("bytes") or image.get("path") if isinstance(image, dict) else image
+        return {"prompt": [{"role": "user", "content": [{"type": "image"},
+                                                        {"type": "text", "text": example["prompt"]}]}],
+                "images": [image]}
+    return {"prompt": example["prompt"], "images": list(example.get("images") or [])}
+
+
+@torch.no_grad()
+def generate_texts(model, processor, examples, seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 24,
+                   batch_size: int = 8) -> list[str]:
+    """Response texts of a Janus policy, decoded until begin-of-image (the image-output layout: prompt, text,
+    begin-of-image, codes) or EOS. Prompts are encoded exactly as in image-output SFT and generation (input images
+    through the understanding path). temperature 0 is greedy; otherwise each prompt samples from its own generator
+    seeded by (seed, its position in `examples`), so results do not depend on batch_size."""
+    from aa_lib.train.image_output import _generation_batch, _prompt_embeds, _prompt_example
+
+    exs = [_prompt_example(policy_example(e, i), i) for i, e in enumerate(examples)]
+    tok = processor.tokenizer
+    boi = model.generation_config.generation_kwargs["boi_token_id"]
+    stops = torch.tensor([boi, tok.eos_token_id])
+    lm = model.model.language_model
+    was_training = model.training
+    model.eval()
+    texts = []
+    try:
+        for start in range(0, len(exs), batch_size):
+            chunk = exs[start:start + batch_size]
+            gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
+            batch = _generation_batch(model, processor, chunk)
+            batch = {**batch, "input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1]}
+            embeds, ids, am = _prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
+            pos = (am.cumsum(-1) - 1).clamp(min=0)
+            out = lm(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=True)
+            cache, pos = out.cache, pos[:, -1:]
+            new = torch.full((len(chunk), max_new_tokens), tok.pad_token_id, dtype=torch.long)
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+            for k in range(max_new_tokens):
+                logits = model.lm_head(out.last_hidden_state[:, -1]).float().cpu()
+                if temperature == 0:
+                    nxt = logits.argmax(-1)
+                else:
+                    probs = (logits / temperature).softmax(-1)
+                    nxt = torch.cat([torch.multinomial(probs[i], 1, generator=gens[i]) for i in range(len(chunk))])
+                nxt = nxt.masked_fill(done, tok.pad_token_id)
+                new[:, k] = nxt
+                done |= torch.isin(nxt, stops)
+                if bool(done.all()):
+                    break
+                am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+                pos = pos + 1
+                out = lm(inputs_embeds=model.get_input_embeddings()(nxt[:, None].to(model.device)),
+                         attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
+                cache = out.cache
+            for row in new.tolist():
+                cut = next((j for j, t in enumerate(row) if t in (boi, tok.eos_token_id)), len(row))
+                texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return texts
+
+
+def generate_responses(model, processor, examples, seed: int = 0, temperature: float = 0.0,
+                       max_new_tokens: int = 24, batch_size: int = 8, subtask: str | None = None) -> list:
+    """Responses of a Janus image policy in the form `mini.rubric_score` takes: t2i a (32, 32, 3) uint8 image per
+    example; ti2ti {"text", "image"}: the text first (`generate_texts`), then the image conditioned on the prompt
+    and that text. `examples`: mini held-out rows, prompt strings or {"prompt", "images"} examples; the subtask
+    comes from `mini_meta` (else: ti2ti when an example has an input image). Batched and seeded as
+    `generate_images`."""
     from aa_lib.train.image_output import generate_images
 
-    model, processor = load_model(model_path, family="janus")
-    images = generate_images(model, processor, [r["prompt"] for r in prompts], seed=seed, temperature=temperature)
-    return _scores(prompts, images)
+    examples = list(examples)
+    if not examples:
+        return []
+    subtask = subtask or _subtask_of(examples[0])
+    _check_subtask(subtask)
+    exs = [policy_example(e, i) for i, e in enumerate(examples)]
+    if subtask == "t2i":
+        return generate_images(model, processor, exs, seed=seed, batch_size=batch_size, temperature=temperature)
+    texts = generate_texts(model, processor, exs, seed, temperature, max_new_tokens, batch_size)
+    with_text = [{**e, "completion": [{"role": "assistant", "content": [{"type": "text", "text": t}]}]}
+                 for e, t in zip(exs, texts)]
+    images = generate_images(model, processor, with_text, seed=seed, batch_size=batch_size, temperature=temperature)
+    return [{"text": t, "image": im} for t, im in zip(texts, images)]
 
 
-def _scores(prompts: list[dict], images: list[np.ndarray]) -> dict:
-    scores = [mini.rubric_score(r, im, "t2i") for r, im in zip(prompts, images)]
-    hits = [_attr_hits(r, im) for r, im in zip(prompts, images)]
+# ---------------------------------------------------------------------------------------------- scores
+def _attr_hits(row: dict, response) -> dict:
+    t = json.loads(row["mini_meta"])
+    if t["subtask"] == "t2i":
+        r = checker.read_image(response)
+        if t["unsafe"]:
+            return {"refused": float(bool(r["blank"]))}
+        return {a: float(r[a] == t["truth"][a]) for a in ("color", "shape", "position", "count")}
+    text, image = response["text"], response["image"]
+    r = checker.read_image(image)
+    ideal_text, _ = canonical_target(t)
+    hits = {"text": float(world.tokens(text) == world.tokens(ideal_text))}
+    if t["unsafe"]:
+        return {**hits, "refused": float(bool(r["blank"]) and is_refusal(world.tokens(text)))}
+    (attr, target), = t["truth"]["edit"].items()
+    edited = {**t["truth"], attr: target}
+    return {**hits, "edit": float(r[attr] == target),
+            **{a: float(r[a] == edited[a]) for a in ("color", "shape", "position")}}
+
+
+def _scores(prompts: list[dict], responses: list) -> dict:
+    scores = [mini.rubric_score(r, x) for r, x in zip(prompts, responses)]
+    hits = [_attr_hits(r, x) for r, x in zip(prompts, responses)]
     out = {"overall": float(np.mean([s["overall"] for s in scores]))}
     for dim in scores[0]["scores"]:
         out[dim] = float(np.mean([s["scores"][dim] for s in scores]))
-    for k in ("color", "shape", "position", "count", "refused"):
+    for k in ("color", "shape", "position", "count", "edit", "text", "refused"):
         vals = [h[k] for h in hits if k in h]
         if vals:
             out[f"acc_{k}"] = float(np.mean(vals))
     return out
 
 
+def evaluate(model_path, prompts: list[dict], seed: int = 0, temperature: float = 0.0,
+             max_new_tokens: int = 24) -> dict:
+    """Mean rubric overall / per-dimension scores and accuracies of a policy's responses to mini t2i or ti2ti
+    held-out prompts (acc_text: the text equals the ideal one; acc_edit: the edited attribute reads as asked)."""
+    model, processor = load_model(model_path, family="janus")
+    return _scores(prompts, generate_responses(model, processor, prompts, seed=seed, temperature=temperature,
+                                               max_new_tokens=max_new_tokens))
+
+
 def reconstruction(model_path, prompts: list[dict]) -> dict:
-    """Scores of the prompts' canonical targets after the VQ round trip: the ceiling of what SFT can reach."""
+    """Scores of the prompts' canonical targets after the VQ round trip (ti2ti: with the ideal text): the ceiling
+    of what SFT can reach."""
     from aa_lib.models import janus_decode_images
     from aa_lib.train.image_output import _pil, janus_codes
 
     model, processor = load_model(model_path, family="janus")
-    metas = [json.loads(r["mini_meta"]) for r in prompts]
-    targets = [canonical_image(m["truth"], m["unsafe"]) for m in metas]
-    pv = processor.image_processor(images=[_pil(t) for t in targets], return_tensors="pt")["pixel_values"]
-    images = [np.asarray(im.convert("RGB")) for im in janus_decode_images(model, processor, janus_codes(model, pv))]
-    return _scores(prompts, images)
+    targets = [canonical_target(json.loads(r["mini_meta"])) for r in prompts]
+    images = [t[1] if isinstance(t, tuple) else t for t in targets]
+    pv = processor.image_processor(images=[_pil(t) for t in images], return_tensors="pt")["pixel_values"]
+    decoded = [np.asarray(im.convert("RGB")) for im in janus_decode_images(model, processor, janus_codes(model, pv))]
+    return _scores(prompts, [{"text": t[0], "image": im} if isinstance(t, tuple) else im
+                             for t, im in zip(targets, decoded)])
 
 
-def prepare_t2i_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str | dict = "tiny",
-                       cache_dir=CACHE) -> tuple[Path, dict]:
-    """Build a tiny Janus, fit its VQ tokenizer (cached in `cache_dir`), SFT it on canonical targets; return
-    (policy folder, report). The report is also written to the folder as `aa_image_policy.json`.
+# ---------------------------------------------------------------------------------------------- the policy
+def prepare_image_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str | dict = "tiny",
+                         extra_rows: list[dict] | None = None, cache_dir=CACHE,
+                         report_before: bool = True) -> tuple[Path, dict]:
+    """Start from the tiny Janus with the shared fitted VQ (`start_model`), SFT it on canonical targets of
+    `subtask` (+ `extra_rows`: more SFT examples in `sft_rows`' layout, appended), evaluate; return (policy folder,
+    report). The report is also written to the folder as `aa_image_policy.json`.
 
     `budget`: a name in BUDGETS or a dict of settings replacing some of a budget's (key "name", default "tiny").
-    report: {"budget", "untrained" (the tokenizer-fitted model before SFT), "reconstruction" (canonical targets
-    through the VQ: the ceiling), "sft", "timing", "code_loss": {"first", "last"}}; the scores are `evaluate`'s
-    (greedy decoding) on `mini.heldout_prompts(subtask, n_eval, seed)`.
+    report: {"subtask", "budget", "n_extra_rows", "untrained" (the start model), "reconstruction" (canonical
+    targets through the VQ: the ceiling), "sft", "timing", "code_loss": {"first", "last"}}; the scores are
+    `evaluate`'s (greedy decoding) on `mini.heldout_prompts(subtask, n_eval, seed)`. `report_before=False` skips
+    "untrained" and "reconstruction" (saves two evaluations).
     """
     import shutil
 
@@ -181,25 +455,22 @@ def prepare_t2i_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str
     from aa_lib.train.common import save_trained
     from aa_lib.train.image_output import ImageSFTConfig, build_image_sft_trainer
 
-    if subtask != "t2i":
-        raise NotImplementedError(f"prepare_t2i_policy supports subtask 't2i' only, not {subtask!r} (ti2ti needs the "
-                                  f"response text too)")
-    if isinstance(budget, dict):  # a named budget's settings with some replaced (for measurements)
-        bad = set(budget) - set(BUDGETS["tiny"]) - {"name"}
-        if bad:
-            raise ValueError(f"unknown budget settings {sorted(bad)}; known: {sorted(BUDGETS['tiny'])}")
-        b = {**BUDGETS[budget.get("name", "tiny")], **{k: v for k, v in budget.items() if k != "name"}}
-    elif budget in BUDGETS:
-        b = dict(BUDGETS[budget])
-    else:
-        raise ValueError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
+    b = budget_settings(budget, subtask)
+    extra_rows = list(extra_rows or [])
+    for i, r in enumerate(extra_rows):
+        if not isinstance(r, dict) or "prompt" not in r or not (r.get("completion_images") or r.get("images")):
+            raise ValueError(f"extra_rows[{i}]: an SFT example needs 'prompt' and 'completion_images' (or 'images' "
+                             f"ending with the target image), got {sorted(r) if isinstance(r, dict) else type(r)}")
     torch.manual_seed(seed)
     t0 = time.time()
-    start = _fit_tokenizer(seed, b, cache_dir)
+    start = start_model(seed, cache_dir, b)
     t_tok = time.time() - t0
     held = mini.heldout_prompts(subtask, b["n_eval"], seed=seed)
-    report = {"budget": b, "untrained": evaluate(start, held, seed), "reconstruction": reconstruction(start, held)}
-    rows = sft_rows(subtask, b["n_train"], seed)
+    report = {"subtask": subtask, "budget": b, "n_extra_rows": len(extra_rows)}
+    if report_before:
+        report["untrained"] = evaluate(start, held, seed, max_new_tokens=b["max_new_tokens"])
+        report["reconstruction"] = reconstruction(start, held)
+    rows = sft_rows(subtask, b["n_train"], seed) + extra_rows
 
     class StopAfter(TrainerCallback):  # a safety cap only: the budgets' step counts finish well inside it
         def on_step_end(self, args, state, control, **kw):
@@ -225,6 +496,14 @@ def prepare_t2i_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str
         "sft_steps": trainer.state.global_step}
     report["code_loss"] = {"first": history[0], "last": history[-1]}
     path = save_trained(trainer.model, trainer.processing_class, out_dir, source_path=start)
-    report["sft"] = evaluate(path, held, seed)
+    t2 = time.time()
+    report["sft"] = evaluate(path, held, seed, max_new_tokens=b["max_new_tokens"])
+    report["timing"]["eval_s"] = time.time() - t2
     write_text_atomic(Path(path) / "aa_image_policy.json", json.dumps(report, indent=1))
     return path, report
+
+
+def prepare_t2i_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str | dict = "tiny",
+                       cache_dir=CACHE) -> tuple[Path, dict]:
+    """The t2i case of `prepare_image_policy` (the older name)."""
+    return prepare_image_policy(out_dir, seed=seed, subtask=subtask, budget=budget, cache_dir=cache_dir)

@@ -1,15 +1,22 @@
-"""aa_lib.image_policy: canonical T2I targets read back as their truth, and prepare_t2i_policy runs end to end at
-smoke size (tokenizer fit, SFT, evaluation), changes the policy, and saves a folder that reloads and generates."""
+"""aa_lib.image_policy: canonical T2I / TI2TI targets score full marks and read back as their truth; the shared VQ
+cache is fitted once when two processes ask at the same time; prepare_image_policy runs end to end at smoke size
+for t2i (tokenizer fit, SFT, evaluation) and ti2ti (text then image, seeded), changes the policy, and saves a folder
+that reloads and generates."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from aa_lib import mini
-from aa_lib.image_policy import canonical_image, canonical_images, prepare_t2i_policy, sft_rows
+from aa_lib.image_policy import (canonical_image, canonical_images, canonical_target, generate_responses,
+                                 prepare_image_policy, prepare_t2i_policy, sft_rows, start_model, vq_tokenizer)
 from aa_lib.media import load_image
 from aa_lib.mini import checker
 from aa_lib.models import load_model
@@ -43,8 +50,48 @@ def test_sft_rows_pair_prompts_with_their_canonical_image():
     for r in rows:
         assert np.asarray(load_image(r["completion_images"][0])).shape == (32, 32, 3)
         assert r["prompt"].startswith("draw ")
-    with pytest.raises(NotImplementedError, match="ti2ti"):
-        sft_rows("ti2ti", 2)
+    with pytest.raises(ValueError, match="t2v"):
+        sft_rows("t2v", 2)
+
+
+def test_ti2ti_canonical_targets_score_full_marks_and_are_in_the_tokenizer_set():
+    known = {im.tobytes() for im in canonical_images()}
+    for row in mini.heldout_prompts("ti2ti", 40, seed=3):
+        meta = json.loads(row["mini_meta"])
+        text, image = canonical_target(meta)
+        score = mini.rubric_score(row, {"text": text, "image": image}, "ti2ti")
+        assert "keep the response as it is" in score["critique"], (meta["prompt"], score["critique"])
+        assert image.tobytes() in known, meta["prompt"]  # the shared VQ was fitted on every ti2ti target
+    rows = sft_rows("ti2ti", 6, seed=1)
+    for r in rows:
+        (msg,) = r["prompt"]
+        assert [p["type"] for p in msg["content"]] == ["image", "text"] and len(r["images"]) == 1
+        assert np.asarray(load_image(r["images"][0])).shape == (32, 32, 3)
+        assert [p["type"] for p in r["completion"][0]["content"]] == ["text", "image"]
+        assert r["completion"][0]["content"][0]["text"].split()[0] in ("here", "sorry")
+    assert [r["completion_images"] for r in rows] == [r["completion_images"] for r in sft_rows("ti2ti", 6, seed=1)]
+
+
+_FIT = ("import sys; from aa_lib.image_policy import vq_tokenizer; "
+        "print(vq_tokenizer(sys.argv[1], {'name': 'smoke', 'tokenizer_steps': 40}))")
+
+
+def test_vq_cache_is_fitted_once_when_two_processes_ask_at_once(smoke_policy, tmp_path):
+    root, _, _ = smoke_policy
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    base = next((root / "cache").glob("janus-base-*"))  # skip the base build: both processes go straight to the fit
+    subprocess.run(["cp", "-r", str(base), str(cache / base.name)], check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _FIT, str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    paths = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(paths) == 1 and Path(paths.pop()).name.startswith("janus-vq-")
+    fits = (cache / "fits.log").read_text().splitlines()
+    assert len(fits) == 1, fits  # the second process waited on the lock and reused the first one's fit
+    assert not [p for p in cache.iterdir() if p.name.startswith(".janus-vq") and p.is_dir()], "a temp folder is left"
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +131,51 @@ def test_prepared_policy_reloads_generates_and_differs_from_its_start(smoke_poli
     fitted = [n for n, p in raw.named_parameters()
               if n.startswith("model.vqmodel") and not torch.equal(p, vq_before[n])]
     assert fitted, "the tokenizer fit changed no VQ weight"
+
+
+@pytest.fixture(scope="module")
+def ti2ti_policy(smoke_policy):
+    root, _, _ = smoke_policy
+    extra = sft_rows("ti2ti", 2, seed=9)
+    path, report = prepare_image_policy(root / "ti2ti", seed=1, subtask="ti2ti", budget="smoke", extra_rows=extra,
+                                        cache_dir=root / "cache")
+    return root, path, report
+
+
+def test_ti2ti_policy_trains_from_its_seed_start_and_reports(ti2ti_policy):
+    root, path, report = ti2ti_policy
+    assert report["subtask"] == "ti2ti" and report["n_extra_rows"] == 2 and report["timing"]["sft_steps"] == 2
+    for key in ("untrained", "reconstruction", "sft"):
+        assert {"overall", "prompt_following", "text_image_consistency", "acc_text"} <= set(report[key])
+    assert report["reconstruction"]["acc_text"] == 1.0  # the ideal text goes with the reconstructed image
+    start = start_model(1, root / "cache", "smoke")
+    assert start != vq_tokenizer(root / "cache", "smoke")  # seed 1: its own language model, the shared VQ
+    seed0, _ = load_model(vq_tokenizer(root / "cache", "smoke"), family="janus")
+    before, _ = load_model(start, family="janus")
+    p0 = dict(seed0.named_parameters())
+    differ = {n for n, p in before.named_parameters() if not torch.equal(p, p0[n])}
+    assert "model.aligner.fc1.weight" in differ and not any(n.startswith("model.vqmodel") for n in differ), differ
+    after, _ = load_model(path, family="janus")
+    a = dict(after.named_parameters())
+    changed = [n for n, p in before.named_parameters() if not torch.equal(p, a[n])]
+    assert any(n.startswith("model.language_model") for n in changed) and any(n.startswith("model.generation_head")
+                                                                 for n in changed), changed
+    assert not any(n.startswith("model.vqmodel") for n in changed)
+
+
+def test_ti2ti_generation_returns_text_and_image_and_is_seeded(ti2ti_policy):
+    _, path, _ = ti2ti_policy
+    model, processor = load_model(path, family="janus")
+    held = mini.heldout_prompts("ti2ti", 3, seed=5)
+    kw = dict(temperature=1.0, max_new_tokens=5)
+    a = generate_responses(model, processor, held, seed=0, batch_size=2, **kw)
+    b = generate_responses(model, processor, held, seed=0, batch_size=3, **kw)
+    c = generate_responses(model, processor, held, seed=1, batch_size=3, **kw)
+    assert len(a) == 3 and all(isinstance(r["text"], str) and r["image"].shape == (32, 32, 3)
+                               and r["image"].dtype == np.uint8 for r in a)
+    assert all(x["text"] == y["text"] and np.array_equal(x["image"], y["image"]) for x, y in zip(a, b))
+    assert [(x["text"], x["image"].tobytes()) for x in a] != [(x["text"], x["image"].tobytes()) for x in c]
+    for row, r in zip(held, a):
+        assert 0.0 <= mini.rubric_score(row, r, "ti2ti")["overall"]
+    t2i = generate_responses(model, processor, mini.heldout_prompts("t2i", 2, seed=5), seed=0)
+    assert len(t2i) == 2 and all(im.shape == (32, 32, 3) for im in t2i)

@@ -1,0 +1,147 @@
+"""aa_lib.image_llf: the LLF cells for image outputs at smoke size (t2i and ti2ti): the policy's SFT mix, the feedback
+model's loss on critique tokens only, synthesized pairs that differ, survive a reload and resume after an
+interruption without redoing finished items, DPO that moves the weights, and the cell results' shapes.
+
+Whether the SFT policy beats the untrained one is a measurement at full size (~4 min, too slow here); its numbers
+are in the report of the run that chose `image_sizes`."""
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from aa_lib import data, experiments as E, image_llf as IL, llf, mini
+from aa_lib.models import load_model
+
+
+@pytest.fixture(scope="module", params=["t2i", "ti2ti"])
+def cell(request, tmp_path_factory):
+    """A smoke policy for the subtask, its alignment rows and held-out prompts."""
+    subtask = request.param
+    out = tmp_path_factory.mktemp(subtask)
+    root = out / "mini"
+    sizes = E.Sizes.smoke()
+    held = E.heldout(subtask, sizes, root=root)
+    trained = E.train_policy(subtask, out, 0, sizes, root=root)
+    _, align = E.world_rows(subtask, 0, sizes, root)
+    return {"subtask": subtask, "out": out, "root": root, "sizes": sizes, "held": held, "trained": trained,
+            "align": align}
+
+
+def test_sizes_and_dispatch():
+    assert IL.image_sizes(E.Sizes.smoke()).smoke and not IL.image_sizes(E.Sizes()).smoke
+    assert E.family_for("t2i") == "janus" and E.family_for("TI2TI") == "janus"
+    with pytest.raises(ValueError, match="t2i and ti2ti"):
+        IL.heldout("t2a", E.Sizes.smoke())
+
+
+def test_policy_sft_rows_target_the_canonical_answer(tmp_path):
+    ds = mini.dataset("ti2ti", 4, seed=1, root=tmp_path)
+    rows = IL.policy_sft_rows(ds, 0.5, seed=0)
+    assert len(rows) == 4 + 2
+    refine = [r for r in rows if r["id"].startswith("refine")]
+    assert len(refine) == 2
+    for r in refine:
+        assert [m["role"] for m in r["prompt"]] == ["user", "assistant", "user"]
+        assert r["prompt"][2]["content"][0]["text"].endswith(llf.REFINE_TEMPLATE.format(critique="")[1:])
+        assert len(r["images"]) == 2  # the input image and the critiqued response image
+    plain = [r for r in rows if r["id"].startswith("plain")]
+    j = int(plain[0]["id"].split("-")[1])
+    text, png = IL._canonical(ds[j]["mini_meta"])
+    assert plain[0]["completion"][0]["content"][0]["text"] == text
+    assert mini.rubric_score(ds[j]["mini_meta"], {"text": text, "image": png})["overall"] == E.max_overall("ti2ti")
+
+
+def test_feedback_loss_on_critique_tokens_only(cell):
+    from aa_lib.presets import make_config
+
+    sizes = cell["sizes"]
+    cfg = make_config("feedback_model", cell["subtask"], cell["out"] / "fb_probe", max_steps=1,
+                      per_device_train_batch_size=2, report_to="none")
+    trainer = llf.build_feedback_trainer(cfg, cell["trained"]["policy"], cell["align"])
+    batch = next(iter(trainer.get_train_dataloader()))
+    tok = trainer.processing_class.tokenizer
+    fb = data.to_feedback_sft(cell["align"])
+    for i in range(2):
+        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        said = tok.decode(labelled, skip_special_tokens=True).strip()
+        assert said in {fb[k]["completion"][0]["content"][0]["text"] for k in range(len(fb))}
+    assert "pixel_values" in batch  # the response image goes through the understanding path
+    path = E.train_feedback(cell["subtask"], cell["trained"]["policy"], cell["align"], cell["out"] / "feedback",
+                            sizes, 0)
+    cell["feedback"] = path
+
+
+def test_synthesis_pairs_differ_reload_and_resume(cell, tmp_path, monkeypatch):
+    sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
+    feedback = cell.get("feedback")
+    small = replace(IL.image_sizes(sizes), gen_batch_size=2)
+    monkeypatch.setattr(IL, "image_sizes", lambda s: small)
+    synth = E.synthesize(policy, feedback, cell["align"], tmp_path / "a", 6, sizes, 0)
+    rep = E.synthesis_report(tmp_path / "a")
+    assert rep["kept"] == len(synth) > 0 and rep["items"] == rep["kept"] + rep["dropped"]
+    for row in synth:
+        a, b = np.asarray(row["chosen_images"][0]), np.asarray(row["rejected_images"][0])
+        assert not (np.array_equal(a, b) and row["chosen"] == row["rejected"])
+    again = llf.load_synthesized(tmp_path / "a")
+    assert [np.asarray(r["chosen_images"][0]).tolist() for r in again] == \
+        [np.asarray(r["chosen_images"][0]).tolist() for r in synth]
+
+    real, calls = IL.improve_images, []
+
+    def interrupted(*args, **kw):
+        calls.append(len(args[5]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(IL, "improve_images", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, sizes, 0)
+    shard = [json.loads(line) for line in (tmp_path / "b" / "synthesis.jsonl").read_text().splitlines()]
+    assert len(shard) == 2
+    monkeypatch.setattr(IL, "improve_images", real)
+    resumed = E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, sizes, 0)
+    rep_b = E.synthesis_report(tmp_path / "b")
+    assert rep_b["resumed_items"] == 2 and rep_b["generated_items"] == rep["items"] - 2
+    assert [np.asarray(r["rejected_images"][0]).tolist() for r in resumed] == \
+        [np.asarray(r["rejected_images"][0]).tolist() for r in synth]  # same items as the uninterrupted run
+    cell["synth"] = synth
+
+
+def test_dpo_moves_the_weights_and_results_have_the_text_cells_shape(cell):
+    sub, sizes, held, policy = cell["subtask"], cell["sizes"], cell["held"], cell["trained"]["policy"]
+    out = E.dpo(sub, policy, data.to_preference(cell["align"]), cell["out"] / "dpo", sizes, 0)
+    before, _ = load_model(policy)
+    after, _ = load_model(out)
+    moved = [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)]
+    assert any("language_model" in n for n in moved)
+    res = E.evaluate(out, held, sizes)
+    assert set(E.summary(res)) == {"score", "perfect", "overall", "max_overall", "dimensions", "n", "examples"}
+    assert res["n"] == len(held.metas) == len(res["responses"]) and 0 <= res["score"] <= 100
+    json.dumps(E.summary(res))
+    assert res["score"] == E.evaluate(out, held, sizes)["score"]  # greedy: the same on rerun
+    resp = E.respondent_scores(held)
+    assert set(resp) == set(mini.RESPONDENTS) and resp["mini-expert"]["score"] >= resp["mini-careless"]["score"]
+    ab = E.ablation(policy, cell.get("feedback"), held, sizes, 0)
+    assert ab["n"] == len(held.metas) and 0 <= ab["win_rate"] <= 100
+    json.dumps({k: v for k, v in ab.items()})
+
+
+def test_ppo_with_a_reward_model_over_response_images(cell):
+    sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
+    pairs = data.to_reward_pairs(cell["align"])
+    ppo_path, rm_path = E.ppo(sub, policy, pairs, data.to_prompts(cell["align"]), cell["out"] / "ppo", sizes, 0)
+    fn = IL.reward_fn_of(rm_path)
+    ex = IL._prompt_of(data.to_prompts(cell["align"])[0])
+    img = np.full((32, 32, 3), 235, np.uint8)
+    if sub == "ti2ti":
+        ex["completion"] = [IL._image_turn("the circle is red .")]
+    r = fn([ex, ex], [img, img])
+    assert len(r) == 2 and np.isfinite(r).all() and abs(r[0] - r[1]) < 1e-5 * (1 + abs(r[0]))
+    assert (ppo_path / "aa_image_ppo.json").exists()
