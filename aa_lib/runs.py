@@ -57,7 +57,10 @@ class RunSpec:
 
     @classmethod
     def from_file(cls, path: Path) -> "RunSpec":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
         unknown = set(data) - {"notebook", "parameters", "grid", "needs", "profiles", "smoke", "description"}
         if unknown or "notebook" not in data:
             raise ValueError(f"{path}: a run spec needs `notebook` and may have parameters/grid/needs/profiles; "

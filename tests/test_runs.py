@@ -86,6 +86,9 @@ def test_spec_errors_are_clear(root):
     (root / "runs" / "bad.yaml").write_text("notebok: nb.ipynb\n")
     with pytest.raises(ValueError, match="bad.yaml"):
         runs.load_specs(root / "runs")
+    (root / "runs" / "bad.yaml").write_text("notebook: nb.ipynb\ndescription: a: b\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        runs.load_specs(root / "runs")
 
 
 def test_dependencies_are_per_run_and_fingerprints_stable(root):
