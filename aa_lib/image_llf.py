@@ -1,12 +1,13 @@
-"""The LLF experiment cells of `aa_lib.experiments` for image-output subtasks (t2i; ti2ti: see `TI2TI_STATUS`).
+"""The LLF experiment cells of `aa_lib.experiments` for the image-output subtasks t2i and ti2ti.
 
 Same signatures and result shapes as the text cells; `aa_lib.experiments` dispatches here when a subtask's response
 is not text. What differs, and why:
 - Initial policy: a tiny Janus whose VQ tokenizer is fitted once (`aa_lib.image_policy`, cached: it plays the role
-  of Janus's pretrained VQ, the same for every seed), then image SFT on canonical targets (`image_policy`: a prompt's
-  hidden truth rendered without noise) mixed with refinement examples [user x, assistant y_k (a mini row's image),
-  user REFINE_TEMPLATE(c_k)] -> the canonical target, so that the policy can act on a critique (the text policies
-  learn the same from `experiments.refine_examples`).
+  of Janus's pretrained VQ, the same for every seed), then image SFT (`policy_sft_rows`) on fresh world prompts with
+  their canonical targets (`image_policy.sft_rows`: a prompt's hidden truth rendered without noise) mixed with
+  refinement examples [user x, assistant y_k (a mini row's response), user REFINE_TEMPLATE(c_k)] -> x's canonical
+  target, so that the policy can act on a critique (the text policies learn the same from
+  `experiments.refine_examples`).
 - evaluate: greedy images (`image_output.generate_images`, temperature 0) judged by the rubric.
 - Feedback model: `llf.train_feedback_model` as for text: `data.to_feedback_sft` puts the response image in the
   assistant turn, which Janus reads through its understanding path (SigLIP tower + aligner); loss on the critique.
@@ -38,7 +39,23 @@ class ImageSizes:
     """Sizes of an image-output cell, derived from an `experiments.Sizes` (`image_sizes`).
 
     The image policy trains from the VQ-fitted start in more, larger steps than the text policies (one code
-    sequence per prompt; measured in image_policy's docstring), so its steps and learning rate are its own."""
+    sequence per prompt; measured in image_policy's docstring), so its steps and learning rate are its own; its
+    plain examples are the budget's `n_train` fresh rows (t2i 800, ti2ti 8000).
+
+    Measured (seed 0, 48 held-out, greedy, 1 thread, a loaded machine: two runs at once; % of the rubric maximum;
+    `train_policy` with `image_sizes` replaced, then `evaluate`):
+      t2i   untrained 56.3; refine_share 0.1, 450 steps: 67.3 (SFT 146 s); 0.25, 450 steps: 62.7 (138 s).
+      ti2ti untrained 46.2; refine_share 0.1, 500 steps: 58.3 (SFT 198 s + 25 s building 8800 rows, since
+      halved by caching the canonical PNGs); 450 steps (the size below, shared with t2i):
+      not measured yet.
+    Critique uptake (16 held-out prompts; y: the canonical answer with one attribute wrong (t2i) or the edit not
+    applied (ti2ti); c: the rubric's critique of y; y*: greedy on [x, y, c]): the named attribute is right in y*
+    t2i 31% (0.1) / 44% (0.25), ti2ti 44% (0.1), against 0% in y and 50% / 25% / 62% in the plain greedy answer to
+    x: the refinement prompt does not make the policy fix what the critique names more than it does unprompted.
+    A full-size ti2ti llf_main cell (refine 0.1 / 500-step policy) took 85 s (DPO 21, PPO 20, feedback 17,
+    synthesis 15, evaluations 12); an llf_feedback_fraction cell (3 fractions) 312 s on a
+    more loaded machine (3-4 runs on 2 cores): feedback models 109, syntheses 102, DPOs 89, evaluations 12 -
+    no one stage dominates (at the main cell's load: ~3 x 46 s = ~140 s)."""
 
     smoke: bool
     budget: str  # image_policy.BUDGETS entry of the VQ tokenizer fit
@@ -73,8 +90,8 @@ def image_sizes(sizes) -> ImageSizes:
                           sft_steps=2, sft_lr=5e-3, batch_size=4, feedback_steps=2, feedback_lr=1e-3, dpo_steps=1,
                           reward_steps=1, ppo_iterations=1, ppo_prompts=2, ppo_samples=2, critique_tokens=8,
                           max_new_tokens=4, gen_batch_size=8, max_pairs=6)
-    return ImageSizes(smoke=False, budget="tiny", n_heldout=min(sizes.n_heldout, 48), refine_share=0.5,
-                      sft_steps=500, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
+    return ImageSizes(smoke=False, budget="tiny", n_heldout=min(sizes.n_heldout, 48), refine_share=0.1,
+                      sft_steps=450, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
                       feedback_lr=sizes.sft_lr, dpo_steps=sizes.dpo_steps, reward_steps=sizes.reward_steps,
                       ppo_iterations=max(1, sizes.ppo_episodes // 8), ppo_prompts=8, ppo_samples=2,
                       critique_tokens=sizes.critique_tokens, max_new_tokens=max(sizes.max_new_tokens, 24),
@@ -125,14 +142,6 @@ def _user_turn(text: str) -> dict:
     return {"role": "user", "content": [{"type": "text", "text": text}]}
 
 
-def _canonical(meta: str) -> tuple[str | None, bytes]:
-    """(response text or None for t2i, PNG) of a row's ideal answer (`image_policy.canonical_target`)."""
-    from aa_lib.image_policy import canonical_target
-
-    target = canonical_target(json.loads(meta))
-    return (None, encode_png(target)) if isinstance(target, np.ndarray) else (target[0], encode_png(target[1]))
-
-
 def _split(response) -> tuple[str | None, np.ndarray]:
     """(text or None, image) of a response: an image (t2i) or {"text", "image"} (ti2ti)."""
     return (response["text"], response["image"]) if isinstance(response, dict) else (None, response)
@@ -157,25 +166,33 @@ def heldout(subtask: str, sizes, root=".cache/mini"):
     return HeldOut(name, [_prompt_of(conv[i]) for i in range(len(conv))], list(ds["mini_meta"]))
 
 
-def policy_sft_rows(ds, refine_share: float, seed: int = 0) -> list[dict]:
-    """The image policy's SFT mix: each row's prompt -> its canonical target, plus `refine_share` x as many
-    refinement examples [x, y_k, REFINE_TEMPLATE(c_k)] -> the canonical target (k = 1, 2 drawn at random)."""
-    plain_src = data.to_sft(ds)
-    metas = list(ds["mini_meta"])
-    targets = [_canonical(m) for m in metas]
-    rows = [{**_prompt_of(plain_src[i]), "completion": [_image_turn(targets[i][0])],
-             "completion_images": [targets[i][1]], "id": f"plain-{i}"} for i in range(len(plain_src))]
-    fb = data.to_feedback_sft(ds)  # two per row, in row order: the response image is the last of `images`
-    if len(fb) != 2 * len(ds):
-        raise RuntimeError(f"{2 * len(ds) - len(fb)} responses without a critique")
-    n_ref = int(round(refine_share * len(rows)))
-    pick = np.sort(np.random.default_rng(seed).permutation(len(fb))[:n_ref])
-    for j in pick:
-        ex = fb[int(j)]
-        crit = ex["completion"][0]["content"][0]["text"]
-        rows.append({"prompt": ex["prompt"][:2] + [_user_turn(llf.REFINE_TEMPLATE.format(critique=crit))],
-                     "images": [_png(im) for im in ex["images"]], "completion": [_image_turn(targets[int(j) // 2][0])],
-                     "completion_images": [targets[int(j) // 2][1]], "id": f"refine-{j}"})
+def policy_sft_rows(subtask: str, ds, n_train: int, refine_share: float, seed: int = 0) -> list[dict]:
+    """The image policy's SFT mix, shuffled: `n_train` fresh prompts of the world -> their canonical targets
+    (`image_policy.sft_rows`: fresh rows generalise, a few rows over many epochs were memorised), plus
+    round(refine_share x n_train) refinement examples [x, y_k, REFINE_TEMPLATE(c_k)] -> x's canonical target, from
+    the annotated responses of the mini rows `ds` (they carry the critiques; drawn without replacement until all
+    are used, then again)."""
+    from aa_lib.image_policy import canonical_completion, sft_rows
+
+    rows = []
+    for r in sft_rows(subtask, n_train, seed):  # one layout for every row: a datasets table takes one type a column
+        prompt = [_user_turn(r["prompt"])] if isinstance(r["prompt"], str) else r["prompt"]
+        rows.append({**r, "prompt": prompt, "images": list(r.get("images") or [])})
+    n_ref = int(round(refine_share * n_train))
+    if n_ref:
+        fb = data.to_feedback_sft(ds)  # two per row, in row order: the response image is the last of `images`
+        if len(fb) != 2 * len(ds):
+            raise RuntimeError(f"{2 * len(ds) - len(fb)} responses of the SFT rows without a critique")
+        rng = np.random.default_rng([seed, 11])
+        pick = np.concatenate([rng.permutation(len(fb)) for _ in range(-(-n_ref // len(fb)))])[:n_ref]
+        metas = list(ds["mini_meta"])
+        for n, j in enumerate(pick):
+            ex = fb[int(j)]
+            crit = ex["completion"][0]["content"][0]["text"]
+            completion, target = canonical_completion(json.loads(metas[int(j) // 2]))
+            rows.append({"prompt": ex["prompt"][:2] + [_user_turn(llf.REFINE_TEMPLATE.format(critique=crit))],
+                         "images": [_png(im) for im in ex["images"]], "completion": completion,
+                         "completion_images": target, "id": f"refine-{n}-r{int(j) // 2}"})
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -192,6 +209,7 @@ def train_policy(subtask: str, out_dir, seed: int, sizes, root=".cache/mini") ->
     """`experiments.train_policy` for image outputs: out_dir/untrained (the VQ-fitted start, no SFT) and
     out_dir/policy (image SFT on canonical + refinement examples)."""
     from aa_lib.experiments import world_rows
+    from aa_lib.image_policy import budget_settings
     from aa_lib.train.image_output import ImageSFTConfig, train_image_sft
 
     _check(subtask)
@@ -201,7 +219,7 @@ def train_policy(subtask: str, out_dir, seed: int, sizes, root=".cache/mini") ->
     start = vq_start(isz, seed)
     untrained = write_folder_atomic(out_dir / "untrained", lambda tmp: shutil.copytree(start, tmp, dirs_exist_ok=True))
     sft, _ = world_rows(subtask, seed, sizes, root)
-    rows = policy_sft_rows(sft, isz.refine_share, seed)
+    rows = policy_sft_rows(subtask, sft, budget_settings(isz.budget, subtask)["n_train"], isz.refine_share, seed)
     cfg = ImageSFTConfig(output_dir=str(out_dir / "policy"), max_steps=isz.sft_steps, learning_rate=isz.sft_lr,
                          per_device_train_batch_size=isz.batch_size, lr_scheduler_type="cosine",
                          warmup_steps=min(10, isz.sft_steps // 10), weight_decay=0.0, seed=seed, data_seed=seed,

@@ -41,20 +41,28 @@ def test_sizes_and_dispatch():
 
 
 def test_policy_sft_rows_target_the_canonical_answer(tmp_path):
+    from aa_lib.image_policy import sft_rows
+
     ds = mini.dataset("ti2ti", 4, seed=1, root=tmp_path)
-    rows = IL.policy_sft_rows(ds, 0.5, seed=0)
-    assert len(rows) == 4 + 2
+    rows = IL.policy_sft_rows("ti2ti", ds, 6, 0.5, seed=0)
+    assert len(rows) == 6 + 3
+    plain = [r for r in rows if not r["id"].startswith("refine")]
+    fresh = {r["id"]: r for r in sft_rows("ti2ti", 6, 0)}  # the plain examples are image_policy's fresh rows
+    assert sorted(r["id"] for r in plain) == sorted(fresh)
+    assert all(r["completion_images"] == fresh[r["id"]]["completion_images"] for r in plain)
     refine = [r for r in rows if r["id"].startswith("refine")]
-    assert len(refine) == 2
     for r in refine:
         assert [m["role"] for m in r["prompt"]] == ["user", "assistant", "user"]
         assert r["prompt"][2]["content"][0]["text"].endswith(llf.REFINE_TEMPLATE.format(critique="")[1:])
         assert len(r["images"]) == 2  # the input image and the critiqued response image
-    plain = [r for r in rows if r["id"].startswith("plain")]
-    j = int(plain[0]["id"].split("-")[1])
-    text, png = IL._canonical(ds[j]["mini_meta"])
-    assert plain[0]["completion"][0]["content"][0]["text"] == text
-    assert mini.rubric_score(ds[j]["mini_meta"], {"text": text, "image": png})["overall"] == E.max_overall("ti2ti")
+        meta = ds[int(r["id"].rsplit("-r", 1)[1])]["mini_meta"]
+        assert r["prompt"][0] == data.to_sft(ds.select([int(r["id"].rsplit("-r", 1)[1])]))[0]["prompt"][0]
+        answer = {"text": r["completion"][0]["content"][0]["text"], "image": r["completion_images"][0]}
+        assert mini.rubric_score(meta, answer)["overall"] == E.max_overall("ti2ti")  # x's canonical answer
+    t2i = IL.policy_sft_rows("t2i", mini.dataset("t2i", 2, seed=1, root=tmp_path), 3, 2.0, seed=0)
+    refs = [r["id"] for r in t2i if r["id"].startswith("refine")]
+    assert len(refs) == 6 and len({i.rsplit("-r", 1)[1] for i in refs}) == 2  # 4 responses, drawn again when used
+    assert all(isinstance(r["prompt"], list) for r in t2i)  # one layout: the t2i prompt strings become user turns
 
 
 def test_feedback_loss_on_critique_tokens_only(cell):
