@@ -56,17 +56,17 @@ class Sizes:
     maximum), DPO 5.5 s, feedback model 10 s, synthesis 8.5 s, reward model + PPO 10.5 s; tv2t takes ~2.5x."""
 
     n_sft: int = field(default=400, metadata={"help": "Mini train rows for the policy's SFT."})
-    n_align: int = field(default=128, metadata={"help": "Further mini train rows: binary pairs and critiques."})
-    n_heldout: int = field(default=64, metadata={"help": "Held-out prompts every policy is scored on."})
+    n_align: int = field(default=96, metadata={"help": "Further mini train rows: binary pairs and critiques."})
+    n_heldout: int = field(default=48, metadata={"help": "Held-out prompts every policy is scored on."})
     heldout_seed: int = field(default=0, metadata={"help": "Seed of the held-out prompts (the same for every run)."})
     refine_share: float = field(default=0.5, metadata={
         "help": "Refinement examples in the policy's SFT, as a share of its plain examples."})
-    sft_steps: int = field(default=120, metadata={"help": "Optimizer steps of the policy's SFT."})
+    sft_steps: int = field(default=100, metadata={"help": "Optimizer steps of the policy's SFT."})
     sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
-    feedback_steps: int = field(default=40, metadata={"help": "Optimizer steps of a feedback model."})
-    dpo_steps: int = field(default=16, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
-    reward_steps: int = field(default=16, metadata={"help": "Optimizer steps of a reward model."})
-    ppo_episodes: int = field(default=32, metadata={"help": "PPO rollouts (prompts) in total."})
+    feedback_steps: int = field(default=30, metadata={"help": "Optimizer steps of a feedback model."})
+    dpo_steps: int = field(default=12, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
+    reward_steps: int = field(default=12, metadata={"help": "Optimizer steps of a reward model."})
+    ppo_episodes: int = field(default=24, metadata={"help": "PPO rollouts (prompts) in total."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy) in tokens."})
     critique_tokens: int = field(default=40, metadata={"help": "Longest critique (feedback model) in tokens."})
@@ -287,14 +287,23 @@ def dpo(subtask: str, policy, pairs, out_dir, sizes: Sizes, seed: int, profile: 
     return train_dpo(_dpo_config(subtask, out_dir, sizes, seed, profile), policy, pairs)
 
 
+def feedback_steps_for(steps: int, fraction: float) -> int:
+    """Steps of a feedback model trained on a `fraction` of the critiques: the same number of epochs as on all of
+    them (the paper's presets count epochs, Tables 5-8), so Fig. 5's 25 % model sees its rows as often as the
+    100 % model sees all rows."""
+    return max(1, int(round(steps * fraction)))
+
+
 def train_feedback(subtask: str, policy, align_rows, out_dir, sizes: Sizes, seed: int, fraction: float = 1.0,
                    profile: str = "tiny") -> Path:
-    """A feedback model: SFT of the initial policy on the alignment rows' critiques (a `fraction` of the rows)."""
+    """A feedback model: SFT of the initial policy on the alignment rows' critiques (a `fraction` of the rows, for
+    `feedback_steps_for(sizes.feedback_steps, fraction)` steps)."""
     if not get_subtask(subtask).text_output:
         return _image().train_feedback(subtask, policy, align_rows, out_dir, sizes, seed, fraction, profile)
     from aa_lib.presets import make_config
 
-    cfg = make_config("feedback_model", subtask, out_dir, profile, max_steps=sizes.feedback_steps,
+    cfg = make_config("feedback_model", subtask, out_dir, profile,
+                      max_steps=feedback_steps_for(sizes.feedback_steps, fraction),
                       per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
                       data_seed=seed, learning_rate=sizes.sft_lr, **_quiet())
     return llf.train_feedback_model(cfg, policy, align_rows, fraction=fraction)

@@ -46,8 +46,9 @@ class ImageSizes:
     `train_policy` with `image_sizes` replaced, then `evaluate`):
       t2i   untrained 56.3; refine_share 0.1, 450 steps: 67.3 (SFT 146 s); 0.25, 450 steps: 62.7 (138 s).
       ti2ti untrained 46.2; refine_share 0.1, 500 steps: 58.3 (SFT 198 s + 25 s building 8800 rows, since
-      halved by caching the canonical PNGs); 450 steps (the size below, shared with t2i):
-      not measured yet.
+      halved by caching the canonical PNGs).
+    The size below (360 steps, 48 pairs) is cut from those for the 30-minute `make figures` budget; its scores
+    are in the policy runs' results (papermill_runs/policy/*/results.json) and paper_figures/table2_main_results.md.
     Critique uptake (16 held-out prompts; y: the canonical answer with one attribute wrong (t2i) or the edit not
     applied (ti2ti); c: the rubric's critique of y; y*: greedy on [x, y, c]): the named attribute is right in y*
     t2i 31% (0.1) / 44% (0.25), ti2ti 44% (0.1), against 0% in y and 50% / 25% / 62% in the plain greedy answer to
@@ -91,11 +92,11 @@ def image_sizes(sizes) -> ImageSizes:
                           reward_steps=1, ppo_iterations=1, ppo_prompts=2, ppo_samples=2, critique_tokens=8,
                           max_new_tokens=4, gen_batch_size=8, max_pairs=6)
     return ImageSizes(smoke=False, budget="tiny", n_heldout=min(sizes.n_heldout, 48), refine_share=0.1,
-                      sft_steps=450, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
+                      sft_steps=360, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
                       feedback_lr=sizes.sft_lr, dpo_steps=sizes.dpo_steps, reward_steps=sizes.reward_steps,
                       ppo_iterations=max(1, sizes.ppo_episodes // 8), ppo_prompts=8, ppo_samples=2,
                       critique_tokens=sizes.critique_tokens, max_new_tokens=max(sizes.max_new_tokens, 24),
-                      gen_batch_size=sizes.gen_batch_size, max_pairs=64)
+                      gen_batch_size=sizes.gen_batch_size, max_pairs=48)
 
 
 def _check(subtask: str) -> str:
@@ -322,11 +323,13 @@ def train_feedback(subtask: str, policy, align_rows, out_dir, sizes, seed: int, 
                    profile: str = "tiny") -> Path:
     """A feedback model: SFT of the image policy on (x, y image) -> critique, loss on the critique only
     (`llf.train_feedback_model`; the image goes through Janus's understanding path)."""
+    from aa_lib.experiments import feedback_steps_for
     from aa_lib.presets import make_config
 
     _check(subtask)
     isz = image_sizes(sizes)
-    cfg = make_config("feedback_model", subtask, out_dir, profile, max_steps=isz.feedback_steps,
+    cfg = make_config("feedback_model", subtask, out_dir, profile,
+                      max_steps=feedback_steps_for(isz.feedback_steps, fraction),
                       per_device_train_batch_size=isz.batch_size, seed=seed, data_seed=seed,
                       learning_rate=isz.feedback_lr, **_quiet())
     return llf.train_feedback_model(cfg, policy, align_rows, fraction=fraction)

@@ -57,6 +57,11 @@ def test_score_responses_and_respondents(tmp_path):
     assert resp == E.respondent_scores(held)  # seeded
 
 
+def test_feedback_models_on_a_fraction_train_the_same_epochs():
+    assert [E.feedback_steps_for(30, f) for f in (0.25, 0.5, 0.75, 1.0)] == [8, 15, 22, 30]
+    assert E.feedback_steps_for(2, 0.25) == 1  # never zero steps
+
+
 def test_interval():
     m, h, n = E.interval([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(4.303 * 1.0 / np.sqrt(3))
