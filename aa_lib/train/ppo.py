@@ -32,7 +32,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
 from aa_lib.collators import PromptCollator
-from aa_lib.models import family_for_model_type, get_family, load_model
+from aa_lib.models import family_for_model_type, get_family, load_model, media_token_ids
 from aa_lib.train.common import AAOptions, load_for_training, peft_config_for
 
 # Keys of a prompt batch that are not media: everything else goes to every model's forward and `generate`.
@@ -235,8 +235,12 @@ class PPOTrainer(TRLPPOTrainer):
         args, accelerator, model, optimizer = self.args, self.accelerator, self.model, self.optimizer
         device, tok = accelerator.device, self.tokenizer
         pad_id = tok.pad_token_id
+        # A sampled media placeholder (e.g. <|AUDIO|>) would make prompt + response hold more placeholders than
+        # the batch has media features, and the next forward fails: never sample one.
+        media_ids = media_token_ids(tok, family_for_model_type(self.policy_model.config.model_type))
         gen_kwargs = {"max_new_tokens": args.response_length, "temperature": args.temperature + 1e-7,
-                      "top_k": 0, "top_p": 1.0, "do_sample": True, "pad_token_id": pad_id}
+                      "top_k": 0, "top_p": 1.0, "do_sample": True, "pad_token_id": pad_id,
+                      "suppress_tokens": sorted(set(media_ids.values()))}
         generation_config = GenerationConfig(**gen_kwargs)
 
         def batches():
