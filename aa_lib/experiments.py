@@ -203,12 +203,13 @@ def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mi
             "seconds_sft": round(time.time() - t1, 1), "seconds": round(time.time() - t0, 1)}
 
 
-def _load(model_or_path):
+def _load(model_or_path, family: str | None = None):
+    """(model, processor) from a folder, or the pair itself when already loaded."""
     from aa_lib.models import load_model
 
     if isinstance(model_or_path, tuple):
         return model_or_path
-    return load_model(model_or_path)
+    return load_model(model_or_path, family=family)
 
 
 # ---------------------------------------------------------------------------------------------------- judging

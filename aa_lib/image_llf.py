@@ -232,11 +232,9 @@ def train_policy(subtask: str, out_dir, seed: int, sizes, root=".cache/mini") ->
 
 
 def _load(model_or_path):
-    from aa_lib.models import load_model
+    from aa_lib.experiments import _load as load_pair
 
-    if isinstance(model_or_path, tuple):
-        return model_or_path
-    return load_model(model_or_path, family="janus")
+    return load_pair(model_or_path, family="janus")
 
 
 # ---------------------------------------------------------------------------------------------------- judging
