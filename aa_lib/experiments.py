@@ -247,25 +247,24 @@ def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
     return out
 
 
-def respondent_scores(held: HeldOut, seed: int = 0) -> dict:
+def respondent_scores(held: HeldOut, seed: int = 0, answer=None) -> dict:
     """Fig. 11's "other models": each simulated respondent of the mini world answers the held-out prompts (its
-    faults drawn with `seed` and the prompt index) and is scored by the same rubric."""
-    if not get_subtask(held.subtask).text_output:
+    faults drawn with `seed` and the prompt index) and is scored by the same rubric. `answer(item, faults, rng,
+    cfg)` writes one response (default: the respondent's text; image outputs pass their own)."""
+    if answer is None and not get_subtask(held.subtask).text_output:
         return _image().respondent_scores(held, seed)
     from aa_lib.mini.respondents import RESPONDENTS, respond_text, sample_faults
 
-    st = get_subtask(held.subtask)
-    if not st.text_output:
-        raise NotImplementedError(f"{st.name}: respondent media scoring is not wired here")
+    answer = answer or respond_text
     out = {}
     for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
-        texts = []
+        answers = []
         for i, meta in enumerate(held.metas):
             item = json.loads(meta)
             rng = np.random.default_rng([seed, k, i])
             cfg = mini.make_config(**item.get("world", {}))
-            texts.append(respond_text(item, sample_faults(resp, item, rng), rng, cfg))
-        s = score_responses(st.name, held.metas, texts)
+            answers.append(answer(item, sample_faults(resp, item, rng), rng, cfg))
+        s = score_responses(held.subtask, held.metas, answers)
         out[name] = {"score": s["score"], "perfect": s["perfect"]}
     return out
 

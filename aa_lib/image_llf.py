@@ -269,26 +269,18 @@ def evaluate(model_or_path, held, sizes, seed: int = 0) -> dict:
 
 
 def respondent_scores(held, seed: int = 0) -> dict:
-    """Fig. 11 for image outputs: each simulated respondent draws the held-out prompts (`respond_scene` +
-    `render`, faults drawn with `seed` and the prompt index) and is scored by the rubric."""
-    from aa_lib.experiments import score_responses
-    from aa_lib.mini.respondents import RESPONDENTS, respond_scene, respond_ti2ti_text, sample_faults
+    """Fig. 11 for image outputs: `experiments.respondent_scores` with each respondent drawing its answer
+    (`respond_scene` + render; ti2ti: with its text)."""
+    from aa_lib.experiments import respondent_scores as score_respondents
+    from aa_lib.mini.respondents import respond_scene, respond_ti2ti_text
 
     _check(held.subtask)
-    out = {}
-    for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
-        answers = []
-        for i, meta in enumerate(held.metas):
-            item = json.loads(meta)
-            rng = np.random.default_rng([seed, k, i])
-            cfg = mini.make_config(**item.get("world", {}))
-            faults = sample_faults(resp, item, rng)
-            image = mini.render_scene(respond_scene(item, faults, rng, cfg), cfg.image_size)
-            answers.append({"text": respond_ti2ti_text(item, faults, rng), "image": image}
-                           if item["subtask"] == "ti2ti" else image)
-        s = score_responses(held.subtask, held.metas, answers)
-        out[name] = {"score": s["score"], "perfect": s["perfect"]}
-    return out
+
+    def answer(item, faults, rng, cfg):
+        image = mini.render_scene(respond_scene(item, faults, rng, cfg), cfg.image_size)
+        return {"text": respond_ti2ti_text(item, faults, rng), "image": image} if item["subtask"] == "ti2ti" else image
+
+    return score_respondents(held, seed, answer=answer)
 
 
 # ---------------------------------------------------------------------------------------------------- DPO
