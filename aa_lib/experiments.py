@@ -16,8 +16,8 @@ One (subtask, seed) cell:
 5. `respondent_scores`: the mini world's simulated respondents scored on the same held-out prompts (Fig. 11).
 
 Sizes (`Sizes`) are chosen for the time budget of `make figures` on 2 CPU cores; smoke sizes for tests.
-Image-output subtasks (t2i, ti2ti) need image-token generation and DPO (aa_lib.train.image_output, in progress):
-`FAMILIES` lists only the subtasks that train end to end today.
+Image-output subtasks (t2i, ti2ti) run the same steps in aa_lib.image_llf (tiny Janus). The notebooks run one
+subtask each and loop over its seeds with `policy_seed`, `llf_main_seed`, `ablation_seed`, `feedback_fraction_seed`.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def family_for(subtask: str) -> str:
 
 @dataclass
 class Sizes:
-    """How big one (subtask, seed) cell is. Defaults fit `make figures` (18 cells, 2 jobs, 30 min, 2 CPU cores).
+    """How big one (subtask, seed) cell is. Defaults fit `make figures` (5 subtasks x 3 seeds, 2 jobs, 30 min, 2
+    CPU cores).
 
     Measured (ti2t seed 0, 1 thread, a loaded machine): policy SFT 34 s (untrained 66.7 -> 75.4 % of the rubric
     maximum), DPO 5.5 s, feedback model 10 s, synthesis 8.5 s, reward model + PPO 10.5 s; tv2t takes ~2.5x."""
@@ -385,30 +386,108 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
             "examples": [{"y": r["y"], "c": r["c"], "y_star": r["y_star"]} for r in res[:4]]}
 
 
-# ---------------------------------------------------------------------------------------------------- runs
-def policy_dir(seed: int, subtask: str, runs_root=None, spec: str = "policy") -> Path:
-    """The run folder of the `policy` spec for (subtask, seed), where its checkpoints are."""
-    from aa_lib.runs import load_results, runs_root_default
+# ---------------------------------------------------------------------------------------------------- one seed
+# The notebooks `policy`, `llf_main`, `llf_ablation` and `llf_feedback_fraction` run one subtask each and loop over
+# its seeds with these functions: a papermill run pays ~15 s of kernel start and imports, once for all its seeds.
+# Seed k of a run works in `<run>/seed-k/`; the run's results.json holds {"per_seed": [what these return]}.
+def seed_dir(out_dir, seed: int) -> Path:
+    return Path(out_dir) / f"seed-{seed}"
 
-    root = Path(runs_root or runs_root_default())
-    for r in load_results(spec, root):
-        p = r["parameters"]
-        if p.get("subtask") == subtask and p.get("seed") == seed:
-            return root / spec / r["run"]
-    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under {root}; run "
-                            f"`python -m aa_lib.runs {spec}` first")
+
+def policy_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -> dict:
+    """Train the initial policy of one seed; score it, the untrained model and a chance-like baseline (the
+    policy's answers to other prompts)."""
+    trained = train_policy(subtask, out_dir, seed, sizes)
+    untrained = evaluate(trained["untrained"], held, sizes)
+    initial = evaluate(trained["policy"], held, sizes)
+    shifted = initial["responses"][1:] + initial["responses"][:1]
+    chance = score_responses(subtask, held.metas, shifted)
+    return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
+            "untrained": summary(untrained), "initial": summary(initial), "chance_like": summary(chance),
+            "train": trained}
+
+
+def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict) -> dict:
+    """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the seed's policy run; the synthesized sets
+    are as large as the binary set. `respondents`: Fig. 11's `respondent_scores`, stored beside the methods."""
+    out = Path(out_dir)
+    policy = policy_dir(seed, subtask) / "policy"
+    _, align = world_rows(subtask, seed, sizes)
+    pairs = data.to_preference(align)
+    methods = {"initial": evaluate(policy, held, sizes)}
+    methods["dpo"] = evaluate(dpo(subtask, policy, pairs, out / "dpo", sizes, seed), held, sizes)
+    feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed)
+    synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
+    if synth is not None:
+        methods["dpo_llf"] = evaluate(dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed), held, sizes)
+    prompts = data.to_prompts(align)
+    ppo_path, _ = ppo(subtask, policy, data.to_reward_pairs(align), prompts, out / "ppo", sizes, seed)
+    methods["ppo"] = evaluate(ppo_path, held, sizes)
+    if synth is not None:
+        ppo_llf_path, _ = ppo(subtask, policy, llf.to_reward_pairs(synth), prompts, out / "ppo_llf", sizes, seed)
+        methods["ppo_llf"] = evaluate(ppo_llf_path, held, sizes)
+    return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
+            "methods": {k: summary(v) for k, v in methods.items()}, "respondents": respondents,
+            "binary_pairs": len(pairs), "synthesis": synthesis_report(out / "synthesis"),
+            "feedback_model": str(feedback)}
+
+
+def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut) -> dict:
+    """Table 3 for one seed: self-improvement with the seed's trained feedback model (from its llf_main run) and
+    with the policy as its own critic."""
+    policy = policy_dir(seed, subtask) / "policy"
+    main_dir, _ = run_results("llf_main", seed, subtask)
+    return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "ties": "count half",
+            "with_feedback_model": ablation(policy, main_dir / "feedback_model", held, sizes, seed),
+            "without_feedback_model": ablation(policy, None, held, sizes, seed)}
+
+
+def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
+                           fractions=(0.25, 0.5, 0.75)) -> dict:
+    """Fig. 5 for one seed: feedback models on a fraction of the critiques, each synthesizing as many pairs as the
+    binary set, then DPO; BF and 100 % come from the seed's llf_main run. `relative`: score - initial score."""
+    out = Path(out_dir)
+    policy = policy_dir(seed, subtask) / "policy"
+    _, main = run_results("llf_main", seed, subtask)
+    _, align = world_rows(subtask, seed, sizes)
+    n_pairs = main["binary_pairs"]
+    initial = main["methods"]["initial"]["score"]
+    rows = [{"feedback": "BF", "fraction": None, "score": main["methods"]["dpo"]["score"], "pairs": n_pairs}]
+    for f in fractions:
+        fb = train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed, fraction=f)
+        synth = synthesize(policy, fb, align, out / f"synthesis_{f}", n_pairs, sizes, seed)
+        score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", sizes, seed),
+                                                    held, sizes)["score"]
+        rows.append({"feedback": f"{round(100 * f)}%", "fraction": f, "score": score,
+                     "pairs": 0 if synth is None else len(synth)})
+    full = main["methods"].get("dpo_llf")
+    rows.append({"feedback": "100%", "fraction": 1.0, "score": full["score"] if full else None,
+                 "pairs": main["synthesis"]["kept"]})
+    for r in rows:
+        r["relative"] = None if r["score"] is None else r["score"] - initial
+    return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "initial": initial, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def _seed_run(spec: str, seed: int, subtask: str, runs_root=None) -> dict:
+    from aa_lib.runs import load_seed_results
+
+    for r in load_seed_results(spec, runs_root):
+        if r["results"].get("subtask") == subtask and r["results"].get("seed") == seed:
+            return r
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under "
+                            f"{runs_root or 'the runs root'}; run `python -m aa_lib.runs {spec}` first")
+
+
+def policy_dir(seed: int, subtask: str, runs_root=None, spec: str = "policy") -> Path:
+    """The folder of a finished `policy` run's seed for (subtask, seed), where its checkpoints are."""
+    return _seed_run(spec, seed, subtask, runs_root)["seed_dir"]
 
 
 def run_results(spec: str, seed: int, subtask: str, runs_root=None) -> tuple[Path, dict]:
-    """(run folder, results) of a finished run of `spec` for (subtask, seed)."""
-    from aa_lib.runs import load_results, runs_root_default
-
-    root = Path(runs_root or runs_root_default())
-    for r in load_results(spec, root):
-        p = r["parameters"]
-        if p.get("subtask") == subtask and p.get("seed") == seed:
-            return root / spec / r["run"], r["results"]
-    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under {root}")
+    """(seed folder, results) of a finished run of `spec` for (subtask, seed)."""
+    r = _seed_run(spec, seed, subtask, runs_root)
+    return r["seed_dir"], r["results"]
 
 
 def summary(evaluation: dict) -> dict:
@@ -419,24 +498,6 @@ def summary(evaluation: dict) -> dict:
 
 def sizes_dict(sizes: Sizes) -> dict:
     return asdict(sizes)
-
-
-# Two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def interval(values, level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the t confidence interval, n) of per-seed values (NaNs left out; n < 2: width NaN)."""
-    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), 0
-    if len(v) < 2:
-        return float(v.mean()), float("nan"), 1
-    if level != 0.95:
-        raise ValueError("interval: only the 95 % level is tabulated")
-    t = T95[len(v) - 1] if len(v) - 1 in T95 else 1.96
-    half = t * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(half), len(v)
 
 
 def experiment_sizes(smoke: bool, overrides: dict | None = None) -> Sizes:

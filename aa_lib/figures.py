@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from aa_lib.media import write_bytes_atomic, write_text_atomic
@@ -160,3 +161,21 @@ def plot_human_ai_agreement(table: pd.DataFrame):
     ax.legend(ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     return fig
+
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the t confidence interval, n) of per-seed values (NaNs left out; n < 2: width NaN)."""
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), 1
+    if level != 0.95:
+        raise ValueError("interval: only the 95 % level is tabulated")
+    t = T95[len(v) - 1] if len(v) - 1 in T95 else 1.96
+    half = t * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(half), len(v)

@@ -5,7 +5,8 @@ A run spec is a YAML file `papermill_runs/<spec>.yaml`:
     notebook: notebooks/agreement.ipynb   # executed with papermill
     needs: [data_composition]             # specs whose results this one reads (run first)
     parameters: {n_pairs: 300}            # injected into the cell tagged `parameters`
-    grid: {seed: [0, 1, 2]}               # optional: one run per combination
+    grid: {seed: [0, 1, 2]}               # optional: one run per combination (a list parameter, e.g.
+                                          # seeds: [0, 1, 2], is looped inside one run instead)
     profiles: {paper: {parameters: {...}}}  # overrides for `--profile paper`
 
 Each run lands in `papermill_runs/<spec>/<run>/`: the executed notebook, `parameters.json`, the notebook's
@@ -136,6 +137,21 @@ def load_results(spec: str, runs_root: str | os.PathLike | None = None, profile:
     return out
 
 
+def load_seed_results(spec: str, runs_root: str | os.PathLike | None = None, profile: str = "tiny") -> list[dict]:
+    """`load_results`, one entry per seed: a run whose notebook loops over seeds saves {"per_seed": [{"seed", ...}]}
+    and its seed k lives in `<run>/seed-k/`; other runs come back as they are. Entries: {"run", "seed_dir",
+    "parameters", "results", "manifest"}."""
+    root = Path(runs_root or runs_root_default())
+    out = []
+    for r in load_results(spec, root, profile):
+        if "per_seed" not in r["results"]:
+            out.append({**r, "seed_dir": root / spec / r["run"]})
+            continue
+        for entry in r["results"]["per_seed"]:
+            out.append({**r, "results": entry, "seed_dir": root / spec / r["run"] / f"seed-{entry['seed']}"})
+    return out
+
+
 def _jsonable(x):
     if hasattr(x, "tolist"):
         return x.tolist()
@@ -174,6 +190,11 @@ def fingerprint(spec: RunSpec, params: dict, runs_root: Path, deps: dict[str, li
             if names is None or res.parent.name in names:
                 h.update(res.parent.name.encode() + _sha(res.read_bytes()).encode())
     return h.hexdigest()
+
+
+# `python -m papermill`, minus the 2 s that jsonschema spends importing its IRI grammar (rfc3987_syntax) through
+# nbformat's validator: notebooks never hold IRI-format fields, and every run paid it once.
+_PAPERMILL_MAIN = "import sys; sys.modules['rfc3987_syntax'] = None; from papermill.cli import papermill; papermill()"
 
 
 def _versions() -> dict:
@@ -237,7 +258,7 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
     params_file = partial / ".papermill_parameters.yaml"
     params_file.write_text(yaml.safe_dump(injected))
     start = time.time()
-    cmd = [sys.executable, "-m", "papermill", str(spec.notebook), str(partial / spec.notebook.name),
+    cmd = [sys.executable, "-c", _PAPERMILL_MAIN, str(spec.notebook), str(partial / spec.notebook.name),
            "-f", str(params_file), "--cwd", str(REPO_ROOT), "-k", "python3", "--no-progress-bar"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
            "AA_RUNS_ROOT": str(runs_root.resolve())}
@@ -255,7 +276,7 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
         partial.rename(failed)
         return RunOutcome(spec.name, run, "failed", seconds, _last_error(log))
     manifest = {"spec": spec.name, "run": run, "notebook": str(spec.notebook.relative_to(REPO_ROOT)),
-                "profile": params.get("profile", "tiny"), "seed": params.get("seed"), "fingerprint": fp,
+                "profile": params.get("profile", "tiny"), "seed": params.get("seed", params.get("seeds")), "fingerprint": fp,
                 "git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
                 "python": platform.python_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
                 "duration_s": round(seconds, 2)}

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from aa_lib import data, experiments as E, llf, mini
+from aa_lib import data, experiments as E, figures, llf, mini
 from aa_lib.subtasks import get_subtask
 
 
@@ -63,9 +63,9 @@ def test_feedback_models_on_a_fraction_train_the_same_epochs():
 
 
 def test_interval():
-    m, h, n = E.interval([1.0, 2.0, 3.0])
+    m, h, n = figures.interval([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and h == pytest.approx(4.303 * 1.0 / np.sqrt(3))
-    assert np.isnan(E.interval([5.0])[1]) and E.interval([np.nan])[2] == 0
+    assert np.isnan(figures.interval([5.0])[1]) and figures.interval([np.nan])[2] == 0
 
 
 def test_sft_policy_beats_untrained_on_the_rubric(tmp_path):

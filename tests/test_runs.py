@@ -123,3 +123,42 @@ def test_a_run_locked_by_another_process_is_left_alone(root):
         out = {o.run: o for o in runs.run_specs(["exp"], runs_root=root / "runs", log=lambda *_: None)}
     assert out["seed-0"].status == "busy" and out["seed-1"].status == "done"
     assert (partial / "work.txt").exists()  # the other process's work in progress is untouched
+
+
+SEEDS_BODY = """
+from pathlib import Path
+from aa_lib.runs import save_results
+per_seed = []
+for s in seeds:
+    Path(output_dir, f"seed-{s}").mkdir()
+    Path(output_dir, f"seed-{s}", "weights.txt").write_text(f"{subtask} {s}")
+    per_seed.append({"subtask": subtask, "seed": s, "value": 10 * s})
+save_results(output_dir, {"subtask": subtask, "seeds": seeds, "per_seed": per_seed})
+"""
+
+
+def test_a_run_looping_over_seeds_is_read_back_one_seed_at_a_time(root):
+    """The LLF notebooks loop over seeds inside one run (one kernel start per subtask): their dependents find each
+    seed's folder and results (`load_seed_results`, `experiments.policy_dir` / `run_results`)."""
+    from aa_lib import experiments as E
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("subtask = 't2t'\nseeds = [0]\noutput_dir = '.'\nprofile = 'tiny'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(SEEDS_BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(root / "seeds.ipynb"))
+    (root / "runs" / "pol.yaml").write_text(yaml.safe_dump({"notebook": "seeds.ipynb", "parameters": {"seeds": [1, 2]},
+                                                            "grid": {"subtask": ["ti2t", "tv2t"]}}))
+    out = runs.run_specs(["pol"], runs_root=root / "runs", log=lambda *_: None)
+    assert {o.status for o in out} == {"done"}
+    per_seed = runs.load_seed_results("pol", root / "runs")
+    assert sorted((r["results"]["subtask"], r["results"]["seed"], r["results"]["value"]) for r in per_seed) == [
+        ("ti2t", 1, 10), ("ti2t", 2, 20), ("tv2t", 1, 10), ("tv2t", 2, 20)]
+    folder = E.policy_dir(2, "tv2t", root / "runs", spec="pol")
+    assert folder == root / "runs" / "pol" / "subtask-tv2t" / "seed-2" and (folder / "weights.txt").read_text() == "tv2t 2"
+    assert E.run_results("pol", 1, "ti2t", root / "runs")[1]["value"] == 10
+    with pytest.raises(FileNotFoundError, match="subtask=ti2t seed=0"):
+        E.policy_dir(0, "ti2t", root / "runs", spec="pol")
+    manifest = json.loads((root / "runs" / "pol" / "subtask-ti2t" / "manifest.json").read_text())
+    assert manifest["seed"] == [1, 2]
