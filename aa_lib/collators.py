@@ -11,6 +11,11 @@ placeholders are -100).
 Media are processed example by example and their tensors concatenated in row order: that is the order in which
 the models consume placeholders across a batch, and it lets text-only and media rows share a batch.
 
+Training reads every row many times (epochs; DPO encodes each prompt for chosen and rejected), so each collator
+memoizes its prompt encodings (and the image-output target encodings) in a bounded LRU keyed by the rendered text
+and a cheap identity of each media value (a hash of bytes / pixels, a file's path + stat): decoding an mp4 and
+running the processor happen once per distinct row. `cache_size=0` turns it off.
+
 Outputs (torch tensors):
 - `SFTCollator`: input_ids, attention_mask, labels (-100 outside the response), completion_mask, + media tensors.
 - `PairCollator`: 2B rows, chosen rows first then rejected (TRL's DPO layout): input_ids, attention_mask,
@@ -20,8 +25,12 @@ Outputs (torch tensors):
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,6 +77,53 @@ def _decode_media(kind: str, value, num_frames: int | None):
     return media.load_video(value, num_frames=num_frames)
 
 
+def _media_values(example: dict, key: str) -> list:
+    values = example.get(key) or []
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def _digest(data) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _path_identity(path) -> tuple:
+    """Resolved path + stat (a folder of frames: each frame's stat), so a file rewritten in place is read anew."""
+    from aa_lib.media import FRAME_SUFFIXES
+
+    full = Path(path).resolve()
+    st = full.stat()
+    ident = (str(full), st.st_ino, st.st_mtime_ns, st.st_size)
+    if full.is_dir():
+        frames = [f for f in sorted(full.iterdir()) if f.suffix.lower() in FRAME_SUFFIXES]
+        ident += tuple((f.name, st.st_mtime_ns, st.st_size) for f, st in zip(frames, map(Path.stat, frames)))
+    return ident
+
+
+def _media_identity(kind: str, value) -> tuple:
+    """What the decoded value depends on, mirroring what `_decode_media` reads; raises when there is no cheap one."""
+    from PIL import Image
+
+    if isinstance(value, dict):  # a datasets-style dict: the field aa_lib.media reads for this kind
+        if kind == "audio" and value.get("array") is not None:
+            return ("wave", _media_identity(kind, np.asarray(value["array"])), value.get("sampling_rate"))
+        value = value.get("path") if kind == "video" else (value.get("bytes") or value.get("path"))
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", _digest(value))
+    if isinstance(value, (str, os.PathLike)):
+        return ("path",) + _path_identity(value)
+    if isinstance(value, Image.Image):
+        return ("pil", value.mode, value.size, _digest(value.tobytes()))
+    if isinstance(value, (list, tuple)):  # as _decode_media converts them
+        value = np.asarray(value, dtype=np.float32 if kind == "audio" else np.uint8)
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, _digest(np.ascontiguousarray(value).tobytes()))
+    raise TypeError(f"no identity for a {type(value).__name__} {kind}")
+
+
+def _tensor_bytes(extra: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in extra.values() if isinstance(v, torch.Tensor))
+
+
 def _as_messages(value, key: str, name: str) -> list[dict]:
     if isinstance(value, str):  # a bare string prompt/response: make it a message
         return [{"role": "user" if key == "prompt" else "assistant", "content": [{"type": "text", "text": value}]}]
@@ -95,8 +151,18 @@ class _Base:
     max_length: int | None = field(default=None, metadata={"help": "Maximum tokens per row; the response end is "
                                                              "truncated, media tokens never are."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames sampled from each video (None: all)."})
+    cache_size: int = field(default=2048, metadata={"help": "Prompt (and image-output target) encodings kept in an "
+                                                            "LRU memo so a row read again (next epoch, chosen and "
+                                                            "rejected) is not decoded and processed again; keyed by "
+                                                            "text + media content/file stat. Holds the processor's "
+                                                            "tensors of that many rows. 0 turns it off."})
+    cache_megabytes: float = field(default=512, metadata={"help": "Bound on the memo's tensor memory (oldest rows "
+                                                                  "are dropped first): at the paper's image sizes "
+                                                                  "2048 rows of pixel values would take gigabytes."})
 
     def __post_init__(self):
+        self._memo: OrderedDict = OrderedDict()
+        self._memo_bytes = 0
         self.fam = get_family(self.family)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.media_ids = set(media_token_ids(self.tokenizer, self.family).values())
@@ -109,9 +175,7 @@ class _Base:
         counts = _count_media_parts(messages)
         kwargs = {}
         for key, (kind, proc_kw) in MEDIA_KEYS.items():
-            values = example.get(key) or []
-            if not isinstance(values, (list, tuple)):
-                values = [values]
+            values = _media_values(example, key)
             if (values or counts[kind]) and kind not in self.fam.modalities:
                 raise CollatorError(f"{name}: model family {self.family} takes no {kind} input (column {key!r})")
             if len(values) != counts[kind]:
@@ -129,16 +193,47 @@ class _Base:
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
+    def _cached(self, key: tuple | None, compute: Callable[[], tuple[list, dict]]) -> tuple[list, dict]:
+        """compute() through the LRU memo. Only successes are stored (a failing row raises again every time), and
+        each call gets fresh containers: callers pop from the dict. The tensors are shared; no caller writes them."""
+        if key is None or self.cache_size <= 0:
+            return compute()
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            ids, extra = self._memo[key]
+            return list(ids), dict(extra)
+        ids, extra = compute()
+        self._memo[key] = (ids, extra)
+        self._memo_bytes += _tensor_bytes(extra)
+        while len(self._memo) > self.cache_size or self._memo_bytes > self.cache_megabytes * 2 ** 20:
+            _, (_, old) = self._memo.popitem(last=False)
+            self._memo_bytes -= _tensor_bytes(old)
+        return list(ids), dict(extra)
+
+    def _media_key(self, example: dict, messages: list[dict]) -> tuple | None:
+        """The identity of every media value the row feeds, plus the placeholder counts `_media` checks them
+        against; None when a value has no cheap identity (the row is then encoded without the memo)."""
+        try:
+            return (tuple(_count_media_parts(messages).values()), self.num_frames) + tuple(
+                (key, tuple(_media_identity(kind, v) for v in _media_values(example, key)))
+                for key, (kind, _) in MEDIA_KEYS.items())
+        except Exception:  # unreadable / odd value: `_media` raises the row's error, or encodes it uncached
+            return None
+
     def _encode_prompt(self, prompt: list[dict], example: dict, name: str) -> tuple[list[int], dict]:
         text = self._render(prompt, generation_prompt=True)
-        media = self._media(example, name, prompt)
-        if self.fam.modalities:
-            out = self.processor(text=[text], return_tensors="pt", add_special_tokens=False, **media)
-        else:
-            out = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
-        ids = out["input_ids"][0].tolist()
-        extra = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
-        return ids, extra
+
+        def compute():
+            media = self._media(example, name, prompt)
+            if self.fam.modalities:
+                out = self.processor(text=[text], return_tensors="pt", add_special_tokens=False, **media)
+            else:
+                out = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+            return out["input_ids"][0].tolist(), {k: v for k, v in out.items()
+                                                  if k not in ("input_ids", "attention_mask")}
+
+        media_key = self._media_key(example, prompt) if self.cache_size > 0 else None
+        return self._cached(None if media_key is None else ("prompt", text, media_key), compute)
 
     def _encode_completion(self, prompt: list[dict], completion: list[dict], name: str) -> list[int]:
         head = self._render(prompt, generation_prompt=True)
@@ -320,6 +415,27 @@ class ImageOutputSFTCollator(_Base):
     placeholder order (a row's prompt images, then its target image).
     """
 
+    def _target_key(self, text: str, image) -> tuple | None:
+        if self.cache_size <= 0:
+            return None
+        try:
+            return ("target", text, _media_identity("image", image))
+        except Exception:  # no cheap identity: encoded uncached (a bad image raises in _encode_target)
+            return None
+
+    def _encode_target(self, text: str, image, name: str, sep: int | None) -> tuple[list[int], dict]:
+        """(response ids: text, image placeholders, eos; {"pixel_values"}) of the target image."""
+        try:
+            img = _decode_media("image", image, None)
+        except Exception as e:
+            raise CollatorError(f"{name}: column 'completion_images': {e}") from e
+        out = self.processor(text=[(" " + text if text else "") + self.fam.media_tokens["image_token"]],
+                             images=[img], return_tensors="pt", add_special_tokens=False)
+        resp = out["input_ids"][0].tolist()
+        if sep is not None and resp and resp[-1] == sep:
+            resp = resp[:-1]  # the processor ends every text with <sep>; the answer ends with eos instead
+        return resp + [self.tokenizer.eos_token_id], {"pixel_values": out["pixel_values"]}
+
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         rows = []
         image_tok = self.tokenizer.convert_tokens_to_ids(self.fam.media_tokens["image_token"])
@@ -336,13 +452,8 @@ class ImageOutputSFTCollator(_Base):
             for m in ex.get("completion") or []:
                 parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
                 text += "".join(p.get("text", "") for p in parts if p.get("type") == "text")
-            img = _decode_media("image", targets[0], None)
-            out = self.processor(text=[(" " + text if text else "") + self.fam.media_tokens["image_token"]],
-                                 images=[img], return_tensors="pt", add_special_tokens=False)
-            resp = out["input_ids"][0].tolist()
-            if sep is not None and resp and resp[-1] == sep:
-                resp = resp[:-1]  # the processor ends every text with <sep>; the answer ends with eos instead
-            resp.append(self.tokenizer.eos_token_id)
+            resp, out = self._cached(self._target_key(text, targets[0]),
+                                     lambda: self._encode_target(text, targets[0], name, sep))
             n_img = sum(t == image_tok for t in resp)
             if self.max_length is not None and len(prompt_ids) + len(resp) > self.max_length:
                 raise CollatorError(f"{name}: prompt ({len(prompt_ids)} tokens) + target image response "
