@@ -53,21 +53,23 @@ class Sizes:
     """How big one (subtask, seed) cell is. Defaults fit `make figures` (5 subtasks x 3 seeds, 2 jobs, 30 min, 2
     CPU cores).
 
-    Measured (ti2t seed 0, 1 thread, a loaded machine): policy SFT 34 s (untrained 66.7 -> 75.4 % of the rubric
-    maximum), DPO 5.5 s, feedback model 10 s, synthesis 8.5 s, reward model + PPO 10.5 s; tv2t takes ~2.5x."""
+    The alignment set (`n_align`) is 64 rows; every method trains the epochs it trained on the 96 rows measured
+    before (DPO and reward model 2, feedback model 5, PPO a quarter of the prompts), in 2/3 of the steps.
+    Measured (one seed, 1 thread, 2 runs at once on 2 cores, 96 rows): ti2t policy SFT 28 s, DPO 5.4 s (training),
+    feedback model 10 s, synthesis 8 s, reward model + PPO 6 s; tv2t ~2x (its sequences are twice as long)."""
 
     n_sft: int = field(default=400, metadata={"help": "Mini train rows for the policy's SFT."})
-    n_align: int = field(default=96, metadata={"help": "Further mini train rows: binary pairs and critiques."})
+    n_align: int = field(default=64, metadata={"help": "Further mini train rows: binary pairs and critiques."})
     n_heldout: int = field(default=48, metadata={"help": "Held-out prompts every policy is scored on."})
     heldout_seed: int = field(default=0, metadata={"help": "Seed of the held-out prompts (the same for every run)."})
     refine_share: float = field(default=0.5, metadata={
         "help": "Refinement examples in the policy's SFT, as a share of its plain examples."})
-    sft_steps: int = field(default=100, metadata={"help": "Optimizer steps of the policy's SFT."})
+    sft_steps: int = field(default=80, metadata={"help": "Optimizer steps of the policy's SFT."})
     sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
-    feedback_steps: int = field(default=30, metadata={"help": "Optimizer steps of a feedback model."})
-    dpo_steps: int = field(default=12, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
-    reward_steps: int = field(default=12, metadata={"help": "Optimizer steps of a reward model."})
-    ppo_episodes: int = field(default=24, metadata={"help": "PPO rollouts (prompts) in total."})
+    feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
+    dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
+    reward_steps: int = field(default=8, metadata={"help": "Optimizer steps of a reward model."})
+    ppo_episodes: int = field(default=16, metadata={"help": "PPO rollouts (prompts) in total."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy) in tokens."})
     critique_tokens: int = field(default=40, metadata={"help": "Longest critique (feedback model) in tokens."})
@@ -411,10 +413,12 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
     """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the seed's policy run; the synthesized sets
     are as large as the binary set. `respondents`: Fig. 11's `respondent_scores`, stored beside the methods."""
     out = Path(out_dir)
-    policy = policy_dir(seed, subtask) / "policy"
+    pdir, pol = run_results("policy", seed, subtask)
+    policy = pdir / "policy"
     _, align = world_rows(subtask, seed, sizes)
     pairs = data.to_preference(align)
-    methods = {"initial": evaluate(policy, held, sizes)}
+    # The policy run scored this policy on the same held-out prompts (greedy, same sizes): its numbers are reused.
+    methods = {"initial": pol["initial"] if pol.get("sizes") == sizes_dict(sizes) else evaluate(policy, held, sizes)}
     methods["dpo"] = evaluate(dpo(subtask, policy, pairs, out / "dpo", sizes, seed), held, sizes)
     feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
@@ -428,6 +432,7 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
         methods["ppo_llf"] = evaluate(ppo_llf_path, held, sizes)
     return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
             "methods": {k: summary(v) for k, v in methods.items()}, "respondents": respondents,
+            "initial_from_policy_run": methods["initial"] is pol.get("initial"),
             "binary_pairs": len(pairs), "synthesis": synthesis_report(out / "synthesis"),
             "feedback_model": str(feedback)}
 
