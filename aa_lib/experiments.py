@@ -16,8 +16,10 @@ One (subtask, seed) cell:
 5. `respondent_scores`: the mini world's simulated respondents scored on the same held-out prompts (Fig. 11).
 
 Sizes (`Sizes`) are chosen for the time budget of `make figures` on 2 CPU cores; smoke sizes for tests.
-Image-output subtasks (t2i, ti2ti) run the same steps in aa_lib.image_llf (tiny Janus). The notebooks run one
-subtask each and loop over its seeds with `policy_seed`, `llf_main_seed`, `ablation_seed`, `feedback_fraction_seed`.
+Image-output subtasks (t2i, ti2ti) run the same steps in aa_lib.image_llf (tiny Janus). One initial policy per
+subtask (`initial_policy`, seed 0) plays the paper's pretrained chat model: every seed aligns that same model, as
+the paper aligns one LLaVA / Qwen2-VL / Chameleon checkpoint. The LLF notebooks run one subtask each and loop over its
+seeds with `llf_main_seed`, `ablation_seed`, `feedback_fraction_seed` (seed: alignment rows, training and sampling).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class Sizes:
     heldout_seed: int = field(default=0, metadata={"help": "Seed of the held-out prompts (the same for every run)."})
     refine_share: float = field(default=0.5, metadata={
         "help": "Refinement examples in the policy's SFT, as a share of its plain examples."})
-    sft_steps: int = field(default=80, metadata={"help": "Optimizer steps of the policy's SFT."})
+    sft_steps: int = field(default=100, metadata={"help": "Optimizer steps of the policy's SFT."})
     sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
     feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
     dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
@@ -389,16 +391,16 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- one seed
-# The notebooks `policy`, `llf_main`, `llf_ablation` and `llf_feedback_fraction` run one subtask each and loop over
-# its seeds with these functions: a papermill run pays ~15 s of kernel start and imports, once for all its seeds.
-# Seed k of a run works in `<run>/seed-k/`; the run's results.json holds {"per_seed": [what these return]}.
+# The notebooks `llf_main`, `llf_ablation` and `llf_feedback_fraction` run one subtask each and loop over its seeds
+# with these functions: a papermill run pays ~15 s of kernel start and imports, once for all its seeds. Seed k of a
+# run works in `<run>/seed-k/`; the run's results.json holds {"per_seed": [what these return]}.
 def seed_dir(out_dir, seed: int) -> Path:
     return Path(out_dir) / f"seed-{seed}"
 
 
-def policy_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -> dict:
-    """Train the initial policy of one seed; score it, the untrained model and a chance-like baseline (the
-    policy's answers to other prompts)."""
+def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -> dict:
+    """Train the initial policy (the `policy` notebook); score it, the untrained model and a chance-like baseline
+    (the policy's answers to other prompts)."""
     trained = train_policy(subtask, out_dir, seed, sizes)
     untrained = evaluate(trained["untrained"], held, sizes)
     initial = evaluate(trained["policy"], held, sizes)
@@ -410,10 +412,10 @@ def policy_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -
 
 
 def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict) -> dict:
-    """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the seed's policy run; the synthesized sets
-    are as large as the binary set. `respondents`: Fig. 11's `respondent_scores`, stored beside the methods."""
+    """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the subtask's initial policy; the synthesized
+    sets are as large as the binary set. `respondents`: Fig. 11's `respondent_scores`, stored beside the methods."""
     out = Path(out_dir)
-    pdir, pol = run_results("policy", seed, subtask)
+    pdir, pol = policy_run(subtask)
     policy = pdir / "policy"
     _, align = world_rows(subtask, seed, sizes)
     pairs = data.to_preference(align)
@@ -440,7 +442,7 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
 def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut) -> dict:
     """Table 3 for one seed: self-improvement with the seed's trained feedback model (from its llf_main run) and
     with the policy as its own critic."""
-    policy = policy_dir(seed, subtask) / "policy"
+    policy = policy_run(subtask)[0] / "policy"
     main_dir, _ = run_results("llf_main", seed, subtask)
     return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "ties": "count half",
             "with_feedback_model": ablation(policy, main_dir / "feedback_model", held, sizes, seed),
@@ -452,7 +454,7 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     """Fig. 5 for one seed: feedback models on a fraction of the critiques, each synthesizing as many pairs as the
     binary set, then DPO; BF and 100 % come from the seed's llf_main run. `relative`: score - initial score."""
     out = Path(out_dir)
-    policy = policy_dir(seed, subtask) / "policy"
+    policy = policy_run(subtask)[0] / "policy"
     _, main = run_results("llf_main", seed, subtask)
     _, align = world_rows(subtask, seed, sizes)
     n_pairs = main["binary_pairs"]
@@ -474,25 +476,27 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def _seed_run(spec: str, seed: int, subtask: str, runs_root=None) -> dict:
-    from aa_lib.runs import load_seed_results
+def policy_run(subtask: str, runs_root=None, spec: str = "policy") -> tuple[Path, dict]:
+    """(run folder, results) of the finished `policy` run of a subtask: its checkpoints are `untrained/`, `policy/`."""
+    from aa_lib.runs import load_results, runs_root_default
 
-    for r in load_seed_results(spec, runs_root):
-        if r["results"].get("subtask") == subtask and r["results"].get("seed") == seed:
-            return r
-    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under "
-                            f"{runs_root or 'the runs root'}; run `python -m aa_lib.runs {spec}` first")
-
-
-def policy_dir(seed: int, subtask: str, runs_root=None, spec: str = "policy") -> Path:
-    """The folder of a finished `policy` run's seed for (subtask, seed), where its checkpoints are."""
-    return _seed_run(spec, seed, subtask, runs_root)["seed_dir"]
+    root = Path(runs_root or runs_root_default())
+    for r in load_results(spec, root):
+        if r["results"].get("subtask") == subtask:
+            return root / spec / r["run"], r["results"]
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} under {root}; run "
+                            f"`python -m aa_lib.runs {spec}` first")
 
 
 def run_results(spec: str, seed: int, subtask: str, runs_root=None) -> tuple[Path, dict]:
     """(seed folder, results) of a finished run of `spec` for (subtask, seed)."""
-    r = _seed_run(spec, seed, subtask, runs_root)
-    return r["seed_dir"], r["results"]
+    from aa_lib.runs import load_seed_results
+
+    for r in load_seed_results(spec, runs_root):
+        if r["results"].get("subtask") == subtask and r["results"].get("seed") == seed:
+            return r["seed_dir"], r["results"]
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under "
+                            f"{runs_root or 'the runs root'}; run `python -m aa_lib.runs {spec}` first")
 
 
 def summary(evaluation: dict) -> dict:

@@ -47,7 +47,7 @@ class ImageSizes:
       t2i   untrained 56.3; refine_share 0.1, 450 steps: 67.3 (SFT 146 s); 0.25, 450 steps: 62.7 (138 s).
       ti2ti untrained 46.2; refine_share 0.1, 500 steps: 58.3 (SFT 198 s + 25 s building 8800 rows, since
       halved by caching the canonical PNGs).
-    The size below (240 steps, 32 pairs) is cut from those for the 30-minute `make figures` budget; its scores
+    The size below (360 steps, 32 pairs) is cut from those for the 30-minute `make figures` budget; its scores
     are in the policy runs' results (papermill_runs/policy/*/results.json) and paper_figures/table2_main_results.md.
     Critique uptake (16 held-out prompts; y: the canonical answer with one attribute wrong (t2i) or the edit not
     applied (ti2ti); c: the rubric's critique of y; y*: greedy on [x, y, c]): the named attribute is right in y*
@@ -92,7 +92,7 @@ def image_sizes(sizes) -> ImageSizes:
                           reward_steps=1, ppo_iterations=1, ppo_prompts=2, ppo_samples=2, critique_tokens=8,
                           max_new_tokens=4, gen_batch_size=8, max_pairs=6)
     return ImageSizes(smoke=False, budget="tiny", n_heldout=min(sizes.n_heldout, 48), refine_share=0.1,
-                      sft_steps=240, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
+                      sft_steps=360, sft_lr=5e-3, batch_size=16, feedback_steps=sizes.feedback_steps,
                       feedback_lr=sizes.sft_lr, dpo_steps=sizes.dpo_steps, reward_steps=sizes.reward_steps,
                       ppo_iterations=max(1, sizes.ppo_episodes // 8), ppo_prompts=8, ppo_samples=2,
                       critique_tokens=sizes.critique_tokens, max_new_tokens=max(sizes.max_new_tokens, 24),

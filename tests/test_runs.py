@@ -139,7 +139,7 @@ save_results(output_dir, {"subtask": subtask, "seeds": seeds, "per_seed": per_se
 
 def test_a_run_looping_over_seeds_is_read_back_one_seed_at_a_time(root):
     """The LLF notebooks loop over seeds inside one run (one kernel start per subtask): their dependents find each
-    seed's folder and results (`load_seed_results`, `experiments.policy_dir` / `run_results`)."""
+    seed's folder and results (`load_seed_results`, `experiments.run_results`)."""
     from aa_lib import experiments as E
 
     nb = nbformat.v4.new_notebook()
@@ -155,10 +155,10 @@ def test_a_run_looping_over_seeds_is_read_back_one_seed_at_a_time(root):
     per_seed = runs.load_seed_results("pol", root / "runs")
     assert sorted((r["results"]["subtask"], r["results"]["seed"], r["results"]["value"]) for r in per_seed) == [
         ("ti2t", 1, 10), ("ti2t", 2, 20), ("tv2t", 1, 10), ("tv2t", 2, 20)]
-    folder = E.policy_dir(2, "tv2t", root / "runs", spec="pol")
+    folder, res = E.run_results("pol", 2, "tv2t", root / "runs")
     assert folder == root / "runs" / "pol" / "subtask-tv2t" / "seed-2" and (folder / "weights.txt").read_text() == "tv2t 2"
-    assert E.run_results("pol", 1, "ti2t", root / "runs")[1]["value"] == 10
+    assert res["value"] == 20 and E.run_results("pol", 1, "ti2t", root / "runs")[1]["value"] == 10
     with pytest.raises(FileNotFoundError, match="subtask=ti2t seed=0"):
-        E.policy_dir(0, "ti2t", root / "runs", spec="pol")
+        E.run_results("pol", 0, "ti2t", root / "runs")
     manifest = json.loads((root / "runs" / "pol" / "subtask-ti2t" / "manifest.json").read_text())
     assert manifest["seed"] == [1, 2]
