@@ -390,14 +390,7 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
             "examples": [{"y": r["y"], "c": r["c"], "y_star": r["y_star"]} for r in res[:4]]}
 
 
-# ---------------------------------------------------------------------------------------------------- one seed
-# The notebooks `llf_main`, `llf_ablation` and `llf_feedback_fraction` run one subtask each and loop over its seeds
-# with these functions: a papermill run pays ~15 s of kernel start and imports, once for all its seeds. Seed k of a
-# run works in `<run>/seed-k/`; the run's results.json holds {"per_seed": [what these return]}.
-def seed_dir(out_dir, seed: int) -> Path:
-    return Path(out_dir) / f"seed-{seed}"
-
-
+# ---------------------------------------------------------------------------------------------------- initial policy
 def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -> dict:
     """Train the initial policy (the `policy` notebook); score it, the untrained model and a chance-like baseline
     (the policy's answers to other prompts)."""
@@ -409,6 +402,16 @@ def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut
     return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
             "untrained": summary(untrained), "initial": summary(initial), "chance_like": summary(chance),
             "train": trained}
+
+
+# ---------------------------------------------------------------------------------------------------- one seed
+# The notebooks `llf_main`, `llf_ablation` and `llf_feedback_fraction` run one subtask each and loop over its seeds
+# with these functions: a papermill run pays ~15 s of kernel start and imports, once for all its seeds. Seed k of a
+# run works in `<run>/seed-k/`; the run's results.json holds {"per_seed": [what these return]}.
+def seed_dir(out_dir, seed: int) -> Path:
+    from aa_lib.runs import seed_folder
+
+    return seed_folder(out_dir, seed)
 
 
 def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict) -> dict:

@@ -137,6 +137,11 @@ def load_results(spec: str, runs_root: str | os.PathLike | None = None, profile:
     return out
 
 
+def seed_folder(run_dir: str | os.PathLike, seed: int) -> Path:
+    """Where seed k of a run that loops over seeds works: `<run>/seed-k/` (written by the notebook, read back here)."""
+    return Path(run_dir) / f"seed-{seed}"
+
+
 def load_seed_results(spec: str, runs_root: str | os.PathLike | None = None, profile: str = "tiny") -> list[dict]:
     """`load_results`, one entry per seed: a run whose notebook loops over seeds saves {"per_seed": [{"seed", ...}]}
     and its seed k lives in `<run>/seed-k/`; other runs come back as they are. Entries: {"run", "seed_dir",
@@ -148,7 +153,7 @@ def load_seed_results(spec: str, runs_root: str | os.PathLike | None = None, pro
             out.append({**r, "seed_dir": root / spec / r["run"]})
             continue
         for entry in r["results"]["per_seed"]:
-            out.append({**r, "results": entry, "seed_dir": root / spec / r["run"] / f"seed-{entry['seed']}"})
+            out.append({**r, "results": entry, "seed_dir": seed_folder(root / spec / r["run"], entry["seed"])})
     return out
 
 
@@ -276,7 +281,8 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
         partial.rename(failed)
         return RunOutcome(spec.name, run, "failed", seconds, _last_error(log))
     manifest = {"spec": spec.name, "run": run, "notebook": str(spec.notebook.relative_to(REPO_ROOT)),
-                "profile": params.get("profile", "tiny"), "seed": params.get("seed", params.get("seeds")), "fingerprint": fp,
+                "profile": params.get("profile", "tiny"), "seed": params.get("seed", params.get("seeds")),
+                "fingerprint": fp,
                 "git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
                 "python": platform.python_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
                 "duration_s": round(seconds, 2)}
