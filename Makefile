@@ -5,7 +5,11 @@ STAMP := $(VENV)/.aa_lib-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test figures clean-runs
+# CPU numerics: `import aa_lib` pins torch's kernels to the AVX2 paths (aa_lib/numerics.py), so the runner, the
+# notebook kernels it starts, the tests and the benchmarks compute the same bits on any x86-64 machine.
+# AA_NATIVE_NUMERICS=1 opts out (native AVX-512/AMX speed for your own work; runs record which numerics they used).
+
+.PHONY: install test figures lab clean-runs
 
 install: $(STAMP)
 
@@ -22,6 +26,11 @@ test: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) -m aa_lib.runs all --jobs 2
+
+# JupyterLab on the tutorials, every kernel started with the numerics pinning (LAB_ARGS="--port 9999 --no-browser").
+lab: $(STAMP)
+	$(PY) -m aa_lib pinned $(VENV)/bin/jupyter lab --ServerApp.root_dir=. \
+		--FileContentsManager.preferred_dir=notebooks/tutorials $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean-runs:
 	rm -rf papermill_runs/*/ paper_figures/*.png paper_figures/*.pdf paper_figures/*.csv paper_figures/*.md

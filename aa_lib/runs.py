@@ -10,10 +10,13 @@ A run spec is a YAML file `papermill_runs/<spec>.yaml`:
     profiles: {paper: {parameters: {...}}}  # overrides for `--profile paper`
 
 Each run lands in `papermill_runs/<spec>/<run>/`: the executed notebook, `parameters.json`, the notebook's
-`results.json` and `manifest.json` (git commit, package versions, seed, host, duration). A run executes in a
-`.partial` folder that is renamed into place only when it succeeds, so a run killed halfway leaves nothing that
-looks finished and is redone cleanly. A finished run whose inputs are unchanged (notebook, parameters, profile, the
-results it reads) is skipped. One failing run is recorded in `<run>.failed/` and never takes the others with it.
+`results.json` and `manifest.json` (git commit, package versions, seed, host, duration, the CPU numerics it ran
+under, the aa_lib files it imported). A run executes in a `.partial` folder that is renamed into place only when it
+succeeds, so a run killed halfway leaves nothing that looks finished and is redone cleanly. A finished run is skipped
+only while everything it depends on is unchanged: its notebook, parameters and profile, the results it reads, the
+package versions and CPU numerics (aa_lib.numerics), and the source of every aa_lib module its kernel imported (so
+editing aa_lib reruns exactly the runs that used the edited file; `--force` redoes runs anyway). One failing run
+is recorded in `<run>.failed/` and never takes the others with it.
 Dependencies are per run (llf_main for one subtask and seed waits for that policy run only), and a run executes under
 a file lock, so two processes (two Slurm jobs) never execute the same run at once.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -37,9 +41,14 @@ from pathlib import Path
 
 import yaml
 
+import aa_lib
+from aa_lib import numerics
 from aa_lib.media import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The installed package's own files (the checkout itself under `pip install -e`): what a run's code hashes cover.
+PACKAGE_ROOT = Path(aa_lib.__file__).resolve().parent
+PROVENANCE_FILE = ".provenance.json"  # written by save_results in the kernel, folded into manifest.json
 RUNS_ROOT = REPO_ROOT / "papermill_runs"
 PROFILES = ("tiny", "paper")
 _VERSIONED = ("aa_lib", "torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "numpy",
@@ -112,8 +121,13 @@ def ordered(specs: dict[str, RunSpec], names: list[str] | None = None) -> list[R
 
 # ---------------------------------------------------------------- results, for notebooks
 def save_results(output_dir: str | os.PathLike, results: dict) -> Path:
-    """Called by a notebook at its end: its numbers, as JSON, atomically."""
-    return write_text_atomic(Path(output_dir) / "results.json", json.dumps(results, indent=2, sort_keys=True, default=_jsonable))
+    """Called by a notebook at its end: its numbers, as JSON, atomically. Beside them, for the runner's manifest,
+    what produced them: the aa_lib source files this kernel imported and the CPU numerics it ran under."""
+    out = write_text_atomic(Path(output_dir) / "results.json",
+                            json.dumps(results, indent=2, sort_keys=True, default=_jsonable))
+    provenance = {"code": code_hashes(imported_aa_lib_files()), "numerics": numerics.in_effect()}
+    write_text_atomic(Path(output_dir) / PROVENANCE_FILE, json.dumps(provenance, indent=2, sort_keys=True))
+    return out
 
 
 def runs_root_default() -> Path:
@@ -170,6 +184,34 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def imported_aa_lib_files() -> list[str]:
+    """The package files this process has used: every imported aa_lib module's source, and every data file (the
+    reported CSVs are read by path, not imported). Paths relative to PACKAGE_ROOT."""
+    files = {str(p.relative_to(PACKAGE_ROOT)) for p in PACKAGE_ROOT.rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "aa_lib" or name.startswith("aa_lib.")) and path:
+            path = Path(path).resolve()
+            if path.is_relative_to(PACKAGE_ROOT):
+                files.add(str(path.relative_to(PACKAGE_ROOT)))
+    return sorted(files)
+
+
+def code_hashes(files: list[str] | None = None, root: Path | None = None) -> dict[str, str]:
+    """sha256 of package files (relative paths; default: every file of the package) under `root` (PACKAGE_ROOT)."""
+    root = Path(root or PACKAGE_ROOT)
+    if files is None:
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                       if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts)
+    return {f: (_sha((root / f).read_bytes()) if (root / f).is_file() else "missing") for f in files}
+
+
+def code_unchanged(recorded: dict[str, str] | None, root: Path | None = None) -> bool:
+    """True when every aa_lib file a finished run used still has the content it had then."""
+    return bool(recorded) and code_hashes(list(recorded), root) == recorded
+
+
 def grid_keys(spec: RunSpec, profile: str = "tiny", smoke: bool = False) -> set[str]:
     over, small = spec.profiles.get(profile, {}), (spec.smoke if smoke else {})
     return set(spec.grid) | set(over.get("grid", {})) | set(small.get("grid", {}))
@@ -184,11 +226,14 @@ def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tin
 
 
 def fingerprint(spec: RunSpec, params: dict, runs_root: Path, deps: dict[str, list[str]] | None = None) -> str:
-    """What a run's outputs depend on: its notebook, its parameters and the results of the runs it reads (`deps`:
-    spec -> run names; default every finished run of each spec in `needs`)."""
+    """What a run's outputs depend on, besides aa_lib's source (`code_unchanged`): its notebook, its parameters, the
+    package versions, the CPU numerics its kernel gets, and the results of the runs it reads (`deps`: spec -> run
+    names; default every finished run of each spec in `needs`)."""
     h = hashlib.sha256()
     h.update(spec.notebook.read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(json.dumps({k: v for k, v in _versions().items() if k != "aa_lib"}, sort_keys=True).encode())
+    h.update(numerics.fingerprint_part(_kernel_env()).encode())
     for dep in sorted(spec.needs):
         names = None if deps is None else set(deps.get(dep, ()))
         for res in sorted(Path(runs_root, dep).glob("*/results.json")):
@@ -202,6 +247,7 @@ def fingerprint(spec: RunSpec, params: dict, runs_root: Path, deps: dict[str, li
 _PAPERMILL_MAIN = "import sys; sys.modules['rfc3987_syntax'] = None; from papermill.cli import papermill; papermill()"
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict:
     out = {}
     for pkg in _VERSIONED:
@@ -251,8 +297,10 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
     final = runs_root / spec.name / run
     fp = fingerprint(spec, params, runs_root, deps)
     manifest_path = final / "manifest.json"
-    if not force and manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fp:
-        return RunOutcome(spec.name, run, "skipped")
+    if not force and manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("fingerprint") == fp and code_unchanged(previous.get("code")):
+            return RunOutcome(spec.name, run, "skipped")
     partial = runs_root / spec.name / f".{run}.partial"
     failed = runs_root / spec.name / f"{run}.failed"
     for stale in (partial, failed):  # leftovers of a killed or failed attempt are redone from scratch
@@ -265,8 +313,7 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
     start = time.time()
     cmd = [sys.executable, "-c", _PAPERMILL_MAIN, str(spec.notebook), str(partial / spec.notebook.name),
            "-f", str(params_file), "--cwd", str(REPO_ROOT), "-k", "python3", "--no-progress-bar"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
-           "AA_RUNS_ROOT": str(runs_root.resolve())}
+    env = {**_kernel_env(), "AA_RUNS_ROOT": str(runs_root.resolve())}
     if figures_dir is not None:
         env["AA_FIGURES_DIR"] = str(Path(figures_dir).resolve())
     try:
@@ -280,9 +327,20 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
         write_text_atomic(partial / "error.txt", log)
         partial.rename(failed)
         return RunOutcome(spec.name, run, "failed", seconds, _last_error(log))
+    # A notebook that called save_results says which aa_lib files it imported and under which numerics it ran;
+    # for one that did not, every package file counts and the numerics are what its kernel was started with.
+    provenance_path = partial / PROVENANCE_FILE
+    if provenance_path.exists():
+        provenance = json.loads(provenance_path.read_text())
+        provenance_path.unlink()
+    else:
+        provenance = {"code": code_hashes(), "numerics": {
+            "cpu_model": numerics.cpu_model(), "machine": platform.machine(), "torch_cpu_capability": None,
+            "pinned": not numerics.is_native(env) and numerics.applies_here(), "torch_threads": None,
+            "env": {k: env.get(k) for k in numerics.REPORTED_ENV}}}
     manifest = {"spec": spec.name, "run": run, "notebook": str(spec.notebook.relative_to(REPO_ROOT)),
                 "profile": params.get("profile", "tiny"), "seed": params.get("seed", params.get("seeds")),
-                "fingerprint": fp,
+                "fingerprint": fp, "code": provenance["code"], "numerics": provenance["numerics"],
                 "git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
                 "python": platform.python_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
                 "duration_s": round(seconds, 2)}
@@ -294,6 +352,13 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
         shutil.rmtree(trash)
     partial.rename(final)
     return RunOutcome(spec.name, run, "done", seconds)
+
+
+def _kernel_env() -> dict:
+    """The environment every notebook kernel starts with: offline, and the CPU numerics pinned before torch loads
+    (the notebooks import torch before aa_lib, so the pinning must already be there)."""
+    return numerics.pinned_env({**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                "MPLBACKEND": "Agg"})
 
 
 def _last_error(log: str) -> str:
@@ -310,6 +375,32 @@ def _downstream_depth(specs: list[RunSpec]) -> dict[str, int]:
             if d in depth:
                 depth[d] = max(depth[d], depth[s.name] + 1)
     return depth
+
+
+class _Progress:
+    """One line per finished run: `[k/N, elapsed, ~estimate left] spec/run: status`. The estimate is the mean time
+    of the runs executed so far times the runs left, shared by the jobs (none before the first run finishes)."""
+
+    def __init__(self, total: int, jobs: int, log):
+        self.total, self.jobs, self.log = total, jobs, log
+        self.start, self.finished, self.executed = time.time(), 0, []
+
+    def report(self, outcome: RunOutcome, what: str) -> None:
+        self.finished += 1
+        if outcome.status in ("done", "failed") and outcome.seconds:
+            self.executed.append(outcome.seconds)
+        elapsed = time.time() - self.start
+        left = self.total - self.finished
+        estimate = ""
+        if left and self.executed:
+            estimate = f", ~{_clock(sum(self.executed) / len(self.executed) * left / self.jobs)} left"
+        self.log(f"[{self.finished}/{self.total}, {_clock(elapsed)} elapsed{estimate}] {outcome.spec}/{outcome.run}: "
+                 f"{what}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
@@ -336,6 +427,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
     state: dict[tuple[str, str], str] = {}  # (spec, run) -> done / skipped / failed / busy
     outcomes: list[RunOutcome] = []
     running = {}
+    progress = _Progress(len(todo), max(1, jobs), log)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         while todo or running:
             for item in list(todo):
@@ -347,7 +439,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
                     state[(spec.name, run)] = "failed"
                     o = RunOutcome(spec.name, run, "failed", error=f"needs {', '.join(bad)}, which did not finish")
                     outcomes.append(o)
-                    log(f"[{spec.name}/{run}] not run: {o.error}")
+                    progress.report(o, f"not run: {o.error}")
                 elif len(running) < max(1, jobs) and all(state.get(n) in ("done", "skipped") for n in needed):
                     todo.remove(item)
                     fut = pool.submit(execute_run, spec, run, params, Path(runs_root), force, timeout_s,
@@ -363,8 +455,8 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
                 o = fut.result()
                 outcomes.append(o)
                 state[(o.spec, o.run)] = o.status
-                log(f"[{o.spec}/{o.run}] {o.status}" + (f" in {o.seconds:.0f} s" if o.status == "done" else "")
-                    + (f": {o.error}" if o.error else ""))
+                progress.report(o, o.status + (f" in {o.seconds:.0f} s" if o.status == "done" else "")
+                                + (f": {o.error}" if o.error else ""))
     order = {spec.name: k for k, spec in enumerate(specs)}
     return sorted(outcomes, key=lambda o: (order[o.spec], o.run))
 
@@ -374,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("specs", nargs="*", help="spec names under papermill_runs/, or `all`")
     ap.add_argument("--profile", default="tiny", choices=PROFILES)
     ap.add_argument("--jobs", type=int, default=1, help="runs executed at once (across specs whose needs are done)")
-    ap.add_argument("--force", action="store_true", help="redo finished runs (e.g. after changing aa_lib itself)")
+    ap.add_argument("--force", action="store_true", help="redo finished runs even when nothing they depend on changed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it counts as failed")
     ap.add_argument("--runs-root", type=Path, default=RUNS_ROOT)
     ap.add_argument("--list", action="store_true", help="list specs and their runs, execute nothing")

@@ -5,6 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import aa_lib  # noqa: E402,F401  (first: it pins the CPU numerics before torch loads, for this process and its children)
 import torch  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and on a 2-core machine shared with notebook kernels and

@@ -162,3 +162,62 @@ def test_a_run_looping_over_seeds_is_read_back_one_seed_at_a_time(root):
         E.run_results("pol", 0, "ti2t", root / "runs")
     manifest = json.loads((root / "runs" / "pol" / "subtask-ti2t" / "manifest.json").read_text())
     assert manifest["seed"] == [1, 2]
+
+
+TORCH_BODY = """
+import torch
+from aa_lib.runs import save_results
+torch.set_num_threads(1)
+save_results(output_dir, {"value": float(torch.ones(2).sum())})
+"""
+
+
+def test_a_changed_aa_lib_file_reruns_the_runs_that_imported_it(root, tmp_path, monkeypatch):
+    """Fingerprints cover aa_lib's own source: a one-line change in a module a run imported reruns it; a change in
+    one it never imported does not. The manifest says under which CPU numerics the number was produced."""
+    import shutil
+
+    _notebook(root / "nb.ipynb", TORCH_BODY)
+    _spec(root, "exp")
+    quiet = dict(runs_root=root / "runs", log=lambda *_: None)
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["done"]
+    manifest = json.loads((root / "runs" / "exp" / "default" / "manifest.json").read_text())
+    assert {"runs.py", "numerics.py", "subtasks.py", "reported/table2_main_results.csv"} <= set(manifest["code"])
+    assert "image_llf.py" not in manifest["code"] and "experiments.py" not in manifest["code"]
+    assert not (root / "runs" / "exp" / "default" / runs.PROVENANCE_FILE).exists()  # folded into the manifest
+    num = manifest["numerics"]
+    assert num["cpu_model"] and num["torch_threads"] == 1 and num["torch_cpu_capability"]
+    if runs.numerics.applies_here():
+        assert num["pinned"] and num["torch_cpu_capability"] == "AVX2"
+        assert num["env"]["ATEN_CPU_CAPABILITY"] == "avx2" and num["env"]["MKL_CBWR"] == "AVX2"
+
+    # The package as installed, copied: the runner reads aa_lib's files from PACKAGE_ROOT.
+    installed, package = runs.PACKAGE_ROOT, tmp_path / "aa_lib"
+    shutil.copytree(installed, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runs, "PACKAGE_ROOT", package)
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["skipped"]
+    with open(package / "experiments.py", "a") as f:  # never imported by this run
+        f.write("# a comment\n")
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["skipped"]
+    with open(package / "subtasks.py", "a") as f:  # imported by every run (aa_lib/__init__)
+        f.write("# a comment\n")
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["done"]
+    (package / "subtasks.py").unlink()
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["done"]
+    # --force still redoes a run whose inputs are all unchanged
+    monkeypatch.setattr(runs, "PACKAGE_ROOT", installed)
+    assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["skipped"]
+    assert [o.status for o in runs.run_specs(["exp"], force=True, **quiet)] == ["done"]
+
+
+def test_progress_lines_count_runs_and_estimate_the_rest(root):
+    import re
+
+    _spec(root, "exp", grid={"seed": [0, 1, 2]})
+    lines = []
+    runs.run_specs(["exp"], runs_root=root / "runs", log=lines.append)
+    assert re.fullmatch(r"\[1/3, 0:\d\d elapsed, ~0:\d\d left\] exp/seed-0: done in \d+ s", lines[0]), lines[0]
+    assert re.fullmatch(r"\[3/3, 0:\d\d elapsed\] exp/seed-2: done in \d+ s", lines[2]), lines[2]
+    lines.clear()
+    runs.run_specs(["exp"], runs_root=root / "runs", log=lines.append)  # nothing executed: no estimate to give
+    assert re.fullmatch(r"\[1/3, 0:00 elapsed\] exp/seed-0: skipped", lines[0]), lines[0]
