@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aa_lib import data, llf, mini
+from aa_lib import data, llf, mini, progress
 from aa_lib.subtasks import get_subtask
 
 # The family each subtask trains at profile tiny (the paper's families, SPEC §1; t2t has no paper column: llama).
@@ -100,7 +100,7 @@ def _image():
 
 
 def _quiet(**kw) -> dict:
-    return dict(disable_tqdm=True, logging_steps=10, report_to="none", save_strategy="no", **kw)
+    return dict(logging_steps=10, report_to="none", save_strategy="no", **progress.trainer_kwargs(), **kw)
 
 
 # ---------------------------------------------------------------------------------------------------- data

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aa_lib import data, llf, mini
+from aa_lib import data, llf, mini, progress
 from aa_lib.media import encode_png, write_bytes_atomic, write_folder_atomic
 from aa_lib.subtasks import get_subtask
 
@@ -107,7 +107,7 @@ def _check(subtask: str) -> str:
 
 
 def _quiet(**kw) -> dict:
-    return dict(disable_tqdm=True, logging_steps=10, report_to="none", save_strategy="no", **kw)
+    return dict(logging_steps=10, report_to="none", save_strategy="no", **progress.trainer_kwargs(), **kw)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -413,6 +413,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
     order = [(r, i, item_id(keys[i], r, seed)) for r in range(max_rounds) for i in range(len(P))]
     models = None
     generated = kept = 0
+    bar = progress.bar(total=target, desc="synthesize", unit="pair")
 
     def run(batch):
         nonlocal models, generated
@@ -435,6 +436,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
             done[iid] = rec
         _append(shard, records)
         generated += len(records)
+        bar.update(sum(r["kept"] for r in records))
         return sum(r["kept"] for r in records)
 
     pending = []
@@ -450,6 +452,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
             pending = []
     if pending and kept < target:
         kept += run(pending)
+    bar.close()
     records = [done[iid] for _, _, iid in order if iid in done]
     keep = [r for r in records if r["kept"]][:target]
     dropped = [{"id": r["id"], "prompt_index": r["prompt_index"], "sample_index": r["sample_index"],

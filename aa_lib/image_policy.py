@@ -37,8 +37,6 @@ TI2TI (same start model; overall out of 30; 45 of the 48 prompts are edits, chan
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -49,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
-from aa_lib import mini
+from aa_lib import mini, progress
 from aa_lib.media import encode_png, write_text_atomic
 from aa_lib.mini import checker, world
 from aa_lib.mini.render import render, render_image
@@ -183,18 +182,6 @@ def sft_rows(subtask: str, n: int, seed: int = 0) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- the shared VQ
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive fcntl lock on `path` (created if missing), held for the block; other processes wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _tokenizer_tag(b: dict) -> str:
     key = {"seed": VQ_SEED, "radius": CANONICAL_RADIUS, "revive": "always", **{k: b[k] for k in TOKENIZER_KEYS}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -202,12 +189,13 @@ def _tokenizer_tag(b: dict) -> str:
 
 def _cached_folder(out: Path, build) -> Path:
     """`out` once `build(out)` has written it (its `aa_image_tokenizer.json` marks it complete). Process-safe: a
-    caller that finds no folder takes a file lock (fcntl) and checks again, so a second process asking at the same
+    caller that finds no folder takes a file lock (filelock) and checks again, so a second process asking at the same
     time waits for the first one's build and reuses it."""
     done = out / "aa_image_tokenizer.json"
     if done.exists():
         return out
-    with _locked(out.parent / f".{out.name}.lock"):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.parent / f".{out.name}.lock"):
         if not done.exists():  # else built by another process while this one waited
             build(out)
     return out
@@ -335,7 +323,7 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
     model.eval()
     texts = []
     try:
-        for start in range(0, len(exs), batch_size):
+        for start in progress.bar(range(0, len(exs), batch_size), desc="generate", unit="batch"):
             chunk = exs[start:start + batch_size]
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
             batch = _generation_batch(model, processor, chunk)

@@ -23,7 +23,6 @@ a file lock, so two processes (two Slurm jobs) never execute the same run at onc
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import hashlib
 import itertools
@@ -40,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 import aa_lib
 from aa_lib import numerics
@@ -285,12 +285,11 @@ def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: b
     gets "busy" instead of deleting the first one's work in progress."""
     lock_path = Path(runs_root) / spec.name / f".{run}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return RunOutcome(spec.name, run, "busy", error=f"another process is executing it (lock {lock_path})")
-        return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+    try:
+        with FileLock(lock_path, timeout=0):
+            return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+    except Timeout:
+        return RunOutcome(spec.name, run, "busy", error=f"another process is executing it (lock {lock_path})")
 
 
 def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figures_dir, deps) -> RunOutcome:

@@ -37,6 +37,10 @@ def test_tutorial_is_committed_executed_with_checked_cells(path):
     assert not empty, f"{path.name}: checked cells with no output to compare: {empty}"
     errors = [o.get("ename") for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{path.name}: committed with errors {errors}"
+    # Committed outputs are read by others: nothing of the machine they were executed on (a checkout, a venv).
+    outputs = nbformat.writes(nbformat.v4.new_notebook(cells=code))
+    leaks = [p for p in (str(runs.REPO_ROOT), "site-packages", "/root/", "/home/") if p in outputs]
+    assert not leaks, f"{path.name}: committed outputs show machine paths {leaks}"
 
 
 def test_tutorials_pass_nbval():

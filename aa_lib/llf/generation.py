@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from aa_lib import progress
 from aa_lib.collators import PromptCollator
 from aa_lib.models import family_for_model_type, media_token_ids
 
@@ -147,7 +148,7 @@ def generate_detailed(model, processor, examples: list[dict], options=None, batc
     model.eval()
     out: list[Generation] = []
     try:
-        for start in range(0, len(examples), batch_size):
+        for start in progress.bar(range(0, len(examples), batch_size), desc="generate", unit="batch"):
             chunk = examples[start:start + batch_size]
             batch = collator(chunk)
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from aa_lib import progress
 from aa_lib.llf.feedback import _as_model, _improve, _msg, _prompt_dataset
 from aa_lib.media import write_folder_atomic, write_text_atomic
 from aa_lib.llf.generation import GenerationOptions, _as_options, example_key
@@ -167,6 +168,7 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
     generated = 0
     kept = 0
     pending: list[tuple[int, int, str]] = []
+    bar = progress.bar(total=target or len(order), desc="synthesize", unit="pair" if target else "item")
 
     def run(batch):
         nonlocal models, generated
@@ -188,6 +190,7 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
         generated += len(records)
         if on_batch is not None:
             on_batch(records)
+        bar.update(sum(r["kept"] for r in records) if target else len(records))
         return sum(r["kept"] for r in records)
 
     for r, i, iid in order:
@@ -204,6 +207,7 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
             pending = []
     if pending and (target is None or kept < target):
         kept += run(pending)
+    bar.close()
     return _finalize(config, P, [done[iid] for _, _, iid in order if iid in done], resumed, generated)
 
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from aa_lib import progress
 from aa_lib.collators import CollatorError, ImageOutputSFTCollator, _count_media_parts, example_name
 from aa_lib.models import get_family, janus_decode_images, load_model
 from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
@@ -468,7 +469,7 @@ def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 
     model.eval()
     images, all_codes = [], []
     try:
-        for start in range(0, len(examples), batch_size):
+        for start in progress.bar(range(0, len(examples), batch_size), desc="generate images", unit="batch"):
             chunk = examples[start:start + batch_size]
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
             codes = sample_image_codes(model, _generation_batch(model, processor, chunk), gens, temperature,
