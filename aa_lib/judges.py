@@ -11,16 +11,12 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import http.client
 import json
 import logging
 import mimetypes
 import os
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,13 +200,13 @@ _RETRYABLE_STATUS = {408, 429}  # plus every 5xx
 
 
 class HTTPJudge(Judge):
-    """A judge behind any OpenAI-compatible `/v1/chat/completions` endpoint (standard library only).
+    """A judge behind any OpenAI-compatible chat-completions endpoint, spoken to through the `openai` client.
 
     base_url / model / api_key default to $AA_JUDGE_BASE_URL, $AA_JUDGE_MODEL and $AA_JUDGE_API_KEY. base_url is
-    the API root (`http://host:port/v1`); a URL already ending in `/chat/completions` is used as is. Timeouts,
+    the API root (`http://host:port/v1`); a URL ending in `/chat/completions` is accepted too. Timeouts,
     connection errors, 408/429 and 5xx are retried with exponential backoff (Retry-After honoured, capped at
-    `max_retry_after`). The key is sent only in the Authorization header and kept out of the cache, results,
-    errors, logs and repr.
+    `max_retry_after`); other client errors are not. The key is sent only in the Authorization header and kept
+    out of the cache, results, errors, logs and repr.
     """
 
     def __init__(
@@ -231,6 +227,8 @@ class HTTPJudge(Judge):
         max_reasks: int = 2,
         cache_dir: str | os.PathLike | None = None,
     ):
+        import openai  # here, not at the top: HF and function judges should not pay for it
+
         super().__init__(score_range=score_range, max_reasks=max_reasks, cache_dir=cache_dir)
         base_url = base_url or os.environ.get(ENV_BASE_URL)
         model = model or os.environ.get(ENV_MODEL)
@@ -238,8 +236,8 @@ class HTTPJudge(Judge):
             raise ValueError(f"HTTPJudge needs a base_url (argument or ${ENV_BASE_URL})")
         if not model:
             raise ValueError(f"HTTPJudge needs a model (argument or ${ENV_MODEL})")
-        base_url = base_url.rstrip("/")
-        self.url = base_url if base_url.endswith("/chat/completions") else base_url + "/chat/completions"
+        root = base_url.rstrip("/").removesuffix("/chat/completions")
+        self.url = root + "/chat/completions"
         self.model = model
         self.__api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
         self.timeout = timeout
@@ -248,6 +246,16 @@ class HTTPJudge(Judge):
         self.max_backoff = max_backoff
         self.max_retry_after = max_retry_after
         self.params = {"temperature": temperature, "max_tokens": max_tokens, **(extra_body or {})}
+        # The client's own retries stay off: its backoff is fixed (0.5 s doubling to 8 s), it waits out any
+        # Retry-After up to 120 s and gives up on a longer one, and it retries 409; this judge promises a
+        # configurable backoff, a capped wait and no retry of other 4xx, so `_call` retries. The client covers the
+        # rest: connections (pooled across judge_batch threads), the timeout, the Authorization header, typed
+        # status / timeout / connection errors and the reply's parsing.
+        # A key is always passed so the client never falls back to $OPENAI_API_KEY (a key for another service);
+        # a keyless endpoint gets a placeholder the client insists on, and its header is left out of each request.
+        self._client = openai.OpenAI(base_url=root, api_key=self.__api_key or "none", timeout=timeout,
+                                     max_retries=0)
+        self._headers = {} if self.__api_key else {"Authorization": openai.omit}
 
     def __repr__(self) -> str:
         return f"HTTPJudge(url={self.url!r}, model={self.model!r}, score_range={self.score_range})"
@@ -267,39 +275,34 @@ class HTTPJudge(Judge):
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         wait = min(self.max_backoff, self.backoff * 2**attempt)
-        if retry_after:
-            seconds = _parse_retry_after(retry_after)
-            if seconds is not None:
-                wait = min(max(seconds, 0.0), self.max_retry_after)
-        return wait
+        seconds = _parse_retry_after(retry_after) if retry_after else None
+        return wait if seconds is None else min(max(seconds, 0.0), self.max_retry_after)
 
     def _call(self, payload: dict) -> str:
-        data = json.dumps(payload["body"]).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.__api_key:
-            headers["Authorization"] = f"Bearer {self.__api_key}"
+        import openai
+
+        body = dict(payload["body"])
+        model, messages = body.pop("model"), body.pop("messages")
         reason = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    body = resp.read()
-                return _reply_text(body, self._redact)
-            except urllib.error.HTTPError as e:
-                snippet = self._redact(e.read()[:300].decode("utf-8", "replace"))
-                reason = f"HTTP {e.code}: {snippet}"
-                if not (e.code in _RETRYABLE_STATUS or 500 <= e.code < 600):
+                # Sampling parameters go as extra_body so they reach the endpoint exactly as configured (the
+                # client's typed arguments would reject the extra fields other servers accept).
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=model, messages=messages, extra_body=body, extra_headers=self._headers)
+                return self._reply_text(raw)
+            except openai.APIStatusError as e:
+                reason = f"HTTP {e.status_code}: {self._redact(e.response.text[:300])}"
+                if not (e.status_code in _RETRYABLE_STATUS or e.status_code >= 500):
                     raise JudgeCallError(reason) from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-            except (TimeoutError, socket.timeout) as e:
-                reason = f"timeout after {self.timeout:g}s ({type(e).__name__})"
-            except urllib.error.URLError as e:
-                is_timeout = isinstance(e.reason, (TimeoutError, socket.timeout))
-                reason = f"timeout after {self.timeout:g}s" if is_timeout else f"connection error: {e.reason}"
-                reason = self._redact(reason)
-            except (ConnectionError, http.client.HTTPException) as e:
-                reason = self._redact(f"connection error: {type(e).__name__}: {e}")
+                retry_after = e.response.headers.get("Retry-After")
+            except openai.APITimeoutError as e:  # before its base class, APIConnectionError
+                reason = f"timeout after {self.timeout:g}s ({type(e.__cause__ or e).__name__})"
+            except openai.APIConnectionError as e:
+                reason = self._redact(f"connection error: {e.__cause__ or e}")
+            except openai.OpenAIError as e:  # anything else the client refuses is this item's failure
+                raise JudgeCallError(self._redact(f"{type(e).__name__}: {e}")) from None
             if attempt < self.max_retries:
                 wait = self._wait(attempt, retry_after)
                 logger.warning("judge call to %s failed (%s); retry %d/%d in %.2fs",
@@ -307,16 +310,15 @@ class HTTPJudge(Judge):
                 time.sleep(wait)
         raise JudgeCallError(f"gave up after {self.max_retries + 1} attempts; last: {reason}")
 
-
-def _reply_text(body: bytes, redact: Callable[[str], str]) -> str:
-    try:
-        content = json.loads(body)["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
-        snippet = redact(body[:200].decode("utf-8", "replace"))
-        raise JudgeCallError(f"malformed chat-completions reply ({type(e).__name__}): {snippet!r}") from None
-    if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content or ""
+    def _reply_text(self, raw: Any) -> str:
+        try:
+            content = raw.parse().choices[0].message.content
+        except (ValueError, AttributeError, IndexError, TypeError) as e:  # not JSON, or JSON without a reply
+            snippet = self._redact(raw.text[:200])
+            raise JudgeCallError(f"malformed chat-completions reply ({type(e).__name__}): {snippet!r}") from None
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return content or ""
 
 
 def _parse_retry_after(value: str) -> float | None:

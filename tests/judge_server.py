@@ -7,7 +7,7 @@ content. `server.script` is a list of actions consumed one per request before th
     ("text", content)           reply with this content (e.g. garbage without a score)
     ("raw", bytes)              a 200 whose body is not chat-completions JSON
     ("echo_auth", code)         an HTTP error whose body echoes the request's Authorization header
-Every request is recorded (headers and JSON body) in `server.requests`.
+Every request is recorded (headers, looked up case-insensitively, and JSON body) in `server.requests`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class JudgeServer:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
                 with outer._lock:
-                    outer.requests.append({"path": self.path, "headers": dict(self.headers), "raw": raw})
+                    # The parsed headers, not a dict: names are case-insensitive, and clients differ in case.
+                    outer.requests.append({"path": self.path, "headers": self.headers, "raw": raw})
                     action = outer.script.pop(0) if outer.script else None
                 try:
                     self._answer(action, raw)

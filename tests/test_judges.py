@@ -53,13 +53,14 @@ def test_parse_score():
 
 
 def test_success_sends_chat_completions(server):
-    res = make_judge(server, temperature=0.0, max_tokens=32).judge(request())
+    res = make_judge(server, temperature=0.0, max_tokens=32, extra_body={"top_k": 5}).judge(request())
     assert res.ok and res.score == 7.0 and res.calls == 1 and res.asks == 1
     sent = server.requests[0]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
     body = json.loads(sent["raw"])
     assert body["model"] == "judge-model" and body["max_tokens"] == 32 and body["temperature"] == 0.0
+    assert body["top_k"] == 5  # server-specific fields reach the endpoint
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert body["messages"][1]["content"] == "Rate answer 0."
 
@@ -79,10 +80,24 @@ def test_gives_up_and_records_reason(server):
     assert server.count == 3
 
 
-def test_client_errors_are_not_retried(server):
-    server.script = [("status", 400)]
+@pytest.mark.parametrize("code", [400, 409])
+def test_client_errors_are_not_retried(server, code):
+    server.script = [("status", code)]
     res = make_judge(server).judge(request())
-    assert "HTTP 400" in res.error and server.count == 1
+    assert f"HTTP {code}" in res.error and server.count == 1
+
+
+def test_full_endpoint_url_accepted(server):
+    judge = HTTPJudge(server.base_url + "/chat/completions/", "m", KEY)
+    assert judge.judge(request()).ok and server.requests[0]["path"] == "/v1/chat/completions"
+
+
+def test_keyless_endpoint_sends_no_authorization(server, monkeypatch):
+    # A key for another service in the environment must not travel to the judge's endpoint.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-service")
+    monkeypatch.delenv("AA_JUDGE_API_KEY", raising=False)
+    assert HTTPJudge(server.base_url, "m").judge(request()).ok
+    assert server.requests[0]["headers"]["Authorization"] is None
 
 
 def test_429_honours_retry_after_with_cap(server):
