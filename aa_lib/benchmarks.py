@@ -27,11 +27,12 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, create_model, field_validator
 
-from aa_lib.judges import FunctionJudge, JudgeRequest, JudgeResult
+from aa_lib.judges import FunctionJudge, JudgeRequest, JudgeResult, RecordId, parse_record
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _need(row: dict, key: str, where: str):
-    if key not in row:
-        raise ValueError(f"{where}: missing field {key!r}")
-    return row[key]
-
-
 def _media(base: str | os.PathLike | None, name: str, where: str, check_files: bool) -> str:
     full = name if base is None or os.path.isabs(name) or "://" in name else str(Path(base) / name)
     if check_files and not os.path.isfile(full):
@@ -95,6 +90,14 @@ _TWO_SCORES_REASK = "Please output only the two scores (1-10) for Assistant 1 an
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# One pydantic model per record kind: the fields its file must have (other keys are ignored). A box's bbox is
+# shown to the judge as the file writes it.
+LlavaAnswerRecord = create_model("LlavaAnswerRecord", question_id=RecordId, text=str)
+LlavaQuestionRecord = create_model("LlavaQuestionRecord", question_id=RecordId, image=str, text=str, category=str)
+LlavaContextRecord = create_model("LlavaContextRecord", image=str, caption=list[str],
+                                  instances=(list[create_model("LlavaBox", category=str, bbox=list)], []))
+
+
 def load_llava_bench(
     questions: str | os.PathLike, answers: str | os.PathLike, context: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None, *, check_files: bool = True,
@@ -103,26 +106,25 @@ def load_llava_bench(
     text) and optionally `caps_boxes_coco2014_val_80.jsonl` (image, caption, instances) shown to the judge."""
     refs = {}
     for i, row in enumerate(_read_jsonl(Path(answers))):
-        refs[str(_need(row, "question_id", f"{answers}: line {i + 1}"))] = _need(row, "text", f"{answers}: line {i+1}")
+        r = parse_record(LlavaAnswerRecord, row, f"{answers}: line {i + 1}")
+        refs[r.question_id] = r.text
     ctx = {}
     if context is not None:
         for i, row in enumerate(_read_jsonl(Path(context))):
-            where = f"{context}: line {i + 1}"
-            caps = _need(row, "caption", where)
-            boxes = [f"{b['category']}: {b['bbox']}" for b in row.get("instances", [])]
-            ctx[_need(row, "image", where)] = "\n".join(list(caps) + ([""] + boxes if boxes else []))
+            r = parse_record(LlavaContextRecord, row, f"{context}: line {i + 1}")
+            boxes = [f"{b.category}: {b.bbox}" for b in r.instances]
+            ctx[r.image] = "\n".join(r.caption + ([""] + boxes if boxes else []))
     items = []
     for i, row in enumerate(_read_jsonl(Path(questions))):
         where = f"{questions}: line {i + 1}"
-        qid = str(_need(row, "question_id", where))
-        if qid not in refs:
-            raise ValueError(f"{where} (question_id {qid}): no reference answer in {answers}")
-        image = _need(row, "image", where)
-        if context is not None and image not in ctx:
-            raise ValueError(f"{where} (question_id {qid}): no context for image {image!r} in {context}")
+        r = parse_record(LlavaQuestionRecord, row, where)
+        if r.question_id not in refs:
+            raise ValueError(f"{where} (question_id {r.question_id}): no reference answer in {answers}")
+        if context is not None and r.image not in ctx:
+            raise ValueError(f"{where} (question_id {r.question_id}): no context for image {r.image!r} in {context}")
         items.append(BenchItem(
-            id=qid, question=_need(row, "text", where), media=(_media(image_dir, image, where, check_files),),
-            reference=refs[qid], category=_need(row, "category", where), extra={"context": ctx.get(image, "")},
+            id=r.question_id, question=r.text, media=(_media(image_dir, r.image, where, check_files),),
+            reference=refs[r.question_id], category=r.category, extra={"context": ctx.get(r.image, "")},
         ))
     return items
 
@@ -160,6 +162,26 @@ def llava_relative_scores(items: Sequence[BenchItem], results: Sequence[JudgeRes
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class MIARecord(BaseModel):
+    id: RecordId | None = None
+    image: str
+    instruction: str
+    type: str | None = None
+    components: list[str] = Field(min_length=1)
+    component_weight: list[int | float]  # ints stay ints: the judge is shown "x/6", not "x/6.0"
+    component_type: Any = None
+
+    @field_validator("component_weight")
+    @classmethod
+    def _weights_fit(cls, weights: list, info: ValidationInfo) -> list:
+        comps = info.data.get("components")
+        if comps is not None and len(weights) != len(comps):
+            raise ValueError(f"{len(weights)} weights for {len(comps)} components")
+        if abs(sum(weights) - 10) > 1e-6:
+            raise ValueError(f"weights sum to {sum(weights):g}, not 10")
+        return weights
+
+
 def load_mia_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None = None, *,
                    check_files: bool = False) -> list[BenchItem]:
     """`instruction_benchmark_all.json`: image (URL or file name), instruction, type, components, component_weight.
@@ -169,18 +191,11 @@ def load_mia_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None 
     items = []
     for i, row in enumerate(_read_json(Path(path))):
         where = f"{path}: entry {i}"
-        comps, weights = _need(row, "components", where), _need(row, "component_weight", where)
-        if len(comps) != len(weights) or not comps:
-            raise ValueError(f"{where}: field 'component_weight': {len(weights)} weights for {len(comps)} components")
-        if abs(sum(weights) - 10) > 1e-6:
-            raise ValueError(f"{where}: field 'component_weight': weights sum to {sum(weights)}, not 10")
-        image = _need(row, "image", where)
-        if image_dir is not None:
-            image = _media(image_dir, image.rsplit("/", 1)[-1], where, check_files)
-        items.append(BenchItem(id=str(row.get("id", i)), question=_need(row, "instruction", where), media=(image,),
-                               category=row.get("type"),
-                               extra={"components": list(comps), "weights": list(weights),
-                                      "component_type": row.get("component_type")}))
+        r = parse_record(MIARecord, row, where)
+        image = r.image if image_dir is None else _media(image_dir, r.image.rsplit("/", 1)[-1], where, check_files)
+        items.append(BenchItem(id=r.id if r.id is not None else str(i), question=r.instruction, media=(image,),
+                               category=r.type, extra={"components": r.components, "weights": r.component_weight,
+                                                       "component_type": r.component_type}))
     return items
 
 
@@ -233,20 +248,25 @@ VIDEO_CHATGPT_DIMENSIONS = {
 }
 
 
+VideoQARecord = create_model("VideoQARecord", video_name=str, Q=str, A=str)
+VideoConsistencyRecord = create_model("VideoConsistencyRecord", video_name=str, Q1=str, Q2=str, A=str)
+
+
 def load_video_chatgpt(path: str | os.PathLike, video_dir: str | os.PathLike | None = None, *,
                        video_ext: str = ".mp4", check_files: bool = False) -> list[BenchItem]:
     """`generic_qa.json` / `temporal_qa.json` (Q, A, video_name) or `consistency_qa.json` (Q1, Q2, A, video_name)."""
     items = []
     for i, row in enumerate(_read_json(Path(path))):
         where = f"{path}: entry {i}"
-        name = _need(row, "video_name", where)
+        consistency = isinstance(row, dict) and "Q1" in row
+        r = parse_record(VideoConsistencyRecord if consistency else VideoQARecord, row, where)
+        name = r.video_name
         video = _media(video_dir, name if Path(name).suffix else name + video_ext, where, check_files)
-        if "Q1" in row:
-            items.append(BenchItem(id=str(i), question=row["Q1"], media=(video,), reference=_need(row, "A", where),
-                                   category="consistency", extra={"Q2": _need(row, "Q2", where)}))
+        if consistency:
+            items.append(BenchItem(id=str(i), question=r.Q1, media=(video,), reference=r.A, category="consistency",
+                                   extra={"Q2": r.Q2}))
         else:
-            items.append(BenchItem(id=str(i), question=_need(row, "Q", where), media=(video,),
-                                   reference=_need(row, "A", where)))
+            items.append(BenchItem(id=str(i), question=r.Q, media=(video,), reference=r.A))
     return items
 
 
@@ -295,16 +315,20 @@ def video_chatgpt_scores(results: dict[str, Sequence[JudgeResult]]) -> dict[str,
 # ---------------------------------------------------------------------------------------------------------------
 
 
+AirChatRecord = create_model("AirChatRecord", path=str, question=str, answer_gt=str, uniq_id=(RecordId | None, None),
+                             task_name=(str | None, None), meta_info=(Any, None))
+
+
 def load_air_bench_chat(meta: str | os.PathLike, audio_dir: str | os.PathLike | None = None, *,
                         check_files: bool = False) -> list[BenchItem]:
     """`Chat_meta.json`: uniq_id, task_name, dataset_name, path (the audio), question, answer_gt."""
     items = []
     for i, row in enumerate(_read_json(Path(meta))):
         where = f"{meta}: entry {i}"
-        audio = _media(audio_dir, _need(row, "path", where), where, check_files)
-        items.append(BenchItem(id=str(row.get("uniq_id", i)), question=_need(row, "question", where),
-                               media=(audio,), reference=_need(row, "answer_gt", where),
-                               category=row.get("task_name"), extra={"meta_info": row.get("meta_info")}))
+        r = parse_record(AirChatRecord, row, where)
+        items.append(BenchItem(id=r.uniq_id if r.uniq_id is not None else str(i), question=r.question,
+                               media=(_media(audio_dir, r.path, where, check_files),), reference=r.answer_gt,
+                               category=r.task_name, extra={"meta_info": r.meta_info}))
     return items
 
 
@@ -446,6 +470,8 @@ INTERLEAVED_ASPECTS = {
     "helpfulness": "how well the whole output fulfils the instruction",
 }
 INTERLEAVED_COLUMNS = ("id", "instruction", "input_images", "reference")
+# One image path or a list of them; absent or null is none.
+_ImagePaths = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v or [])]
 
 
 def load_interleaved_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None = None, *,
@@ -464,20 +490,21 @@ def load_interleaved_bench(path: str | os.PathLike, image_dir: str | os.PathLike
     if unknown:
         raise ValueError(f"column_map: unknown columns {sorted(unknown)}; known: {list(INTERLEAVED_COLUMNS)}")
     cmap.update(column_map or {})
+    # The record model takes the file's own key names, so its errors name the field as the file spells it.
+    record = create_model(
+        "InterleavedRecord", id=(RecordId, Field(validation_alias=cmap["id"])),
+        instruction=(str, Field(validation_alias=cmap["instruction"])),
+        input_images=(_ImagePaths, Field([], validation_alias=cmap["input_images"])),
+        reference=(Any, Field(None, validation_alias=cmap["reference"])))
     items = []
     for i, row in enumerate(_read_jsonl(Path(path))):
         where = f"{path}: line {i + 1}"
-        images = row.get(cmap["input_images"]) or []
-        if isinstance(images, str):
-            images = [images]
-        if not isinstance(images, list):
-            raise ValueError(f"{where}: field {cmap['input_images']!r}: expected a list of image paths")
-        ref = row.get(cmap["reference"])
-        steps = _interleaved_steps(ref, f"{where}: field {cmap['reference']!r}") if ref is not None else None
+        r = parse_record(record, row, where)
+        ref_where = f"{where}: field {cmap['reference']!r}"
+        steps = None if r.reference is None else _interleaved_steps(r.reference, ref_where)
         items.append(BenchItem(
-            id=str(_need(row, cmap["id"], where)), question=_need(row, cmap["instruction"], where),
-            media=tuple(_media(image_dir, str(m), where, check_files) for m in images),
-            reference=_interleaved_text(steps) if steps is not None else None,
+            id=r.id, question=r.instruction, reference=_interleaved_text(steps) if steps is not None else None,
+            media=tuple(_media(image_dir, m, where, check_files) for m in r.input_images),
             extra={"reference_steps": steps}))
     return items
 

@@ -18,13 +18,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
 from torch import nn
 from torch.nn import functional as F
 
-from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
+from aa_lib.judges import Judge, JudgeRequest, NonEmptyStr, atomic_write_text, parse_record
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
@@ -51,14 +52,50 @@ class AMUEntry:
     references: tuple[AMUReference, ...] = field(metadata={"help": "Ten human references."})
 
 
-# Accepted spellings per field: ours first, then the public EvalAnything-AMU names.
-_AMU_ALIASES = {
-    "question": ("question",),
-    "category": ("category", "evaluation_dimension"),
-    "visual_path": ("visual_path", "visual_modality_path", "visual_input"),
-    "auditory_path": ("auditory_path", "auditory_modality_path", "auditory_input"),
-    "references": ("references", "annotations"),
-}
+def _keyword_list(value):
+    return [k.strip() for k in value.split(",")] if isinstance(value, str) else value
+
+
+# Two keywords, as a list or as one comma-separated string (both spellings occur in annotation files).
+Keywords = Annotated[tuple[NonEmptyStr, NonEmptyStr], BeforeValidator(_keyword_list)]
+
+
+class AMUReferenceRecord(BaseModel):
+    answer: NonEmptyStr
+    visual_keywords: Keywords
+    auditory_keywords: Keywords
+
+
+class AMURecord(BaseModel):
+    """One AMU entry as written in a file; validators read `folder`, `check_files`, `num_references` from context.
+
+    Fields accept our names first, then the public EvalAnything-AMU ones.
+    """
+
+    question: NonEmptyStr
+    category: Literal[AMU_CATEGORIES] = Field(validation_alias=AliasChoices("category", "evaluation_dimension"))
+    visual_path: NonEmptyStr = Field(
+        validation_alias=AliasChoices("visual_path", "visual_modality_path", "visual_input"))
+    auditory_path: NonEmptyStr = Field(
+        validation_alias=AliasChoices("auditory_path", "auditory_modality_path", "auditory_input"))
+    references: list[AMUReferenceRecord] = Field(validation_alias=AliasChoices("references", "annotations"))
+
+    @field_validator("visual_path", "auditory_path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        ctx = info.context or {}
+        full = value if os.path.isabs(value) else str(Path(ctx.get("folder", ".")) / value)
+        if ctx.get("check_files", True) and not os.path.isfile(full):
+            raise ValueError(f"file not found: {full}")
+        return full
+
+    @field_validator("references")
+    @classmethod
+    def _count(cls, refs: list, info: ValidationInfo) -> list:
+        n = (info.context or {}).get("num_references", NUM_REFERENCES)
+        if len(refs) != n:
+            raise ValueError(f"expected {n} references, got {len(refs)}")
+        return refs
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -81,27 +118,6 @@ def _read_records(path: Path) -> list[dict]:
     return data
 
 
-def _field(rec: dict, name: str, where: str):
-    for alias in _AMU_ALIASES[name]:
-        if alias in rec:
-            return rec[alias]
-    raise ValueError(f"{where}: missing field {name!r} (accepted names: {', '.join(_AMU_ALIASES[name])})")
-
-
-def _text(value, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _keywords(value, where: str, n: int = 2) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [k.strip() for k in value.split(",")]
-    if not isinstance(value, (list, tuple)) or len(value) != n:
-        raise ValueError(f"{where}: expected {n} keywords, got {value!r}")
-    return tuple(_text(k, where) for k in value)
-
-
 def load_amu(
     path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
 ) -> list[AMUEntry]:
@@ -110,46 +126,18 @@ def load_amu(
     Errors name the file, the entry (index and id) and the field.
     """
     path = Path(path)
+    context = {"folder": path.parent, "check_files": check_files, "num_references": num_references}
     entries, seen = [], set()
     for i, rec in enumerate(_read_records(path)):
-        where = f"{path}: entry {i}"
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected an object, got {type(rec).__name__}")
-        entry_id = str(rec.get("id", rec.get("question_id", i)))
+        entry_id = str(rec.get("id", rec.get("question_id", i))) if isinstance(rec, dict) else str(i)
         where = f"{path}: entry {i} (id {entry_id})"
         if entry_id in seen:
             raise ValueError(f"{where}: duplicate id")
         seen.add(entry_id)
-        category = _field(rec, "category", where)
-        if category not in AMU_CATEGORIES:
-            raise ValueError(f"{where}: field 'category': {category!r} is not one of {AMU_CATEGORIES}")
-        media = {}
-        for name in ("visual_path", "auditory_path"):
-            value = _text(_field(rec, name, where), f"{where}: field {name!r}")
-            full = value if os.path.isabs(value) else str(path.parent / value)
-            if check_files and not os.path.isfile(full):
-                raise ValueError(f"{where}: field {name!r}: file not found: {full}")
-            media[name] = full
-        refs = _field(rec, "references", where)
-        if not isinstance(refs, list) or len(refs) != num_references:
-            got = len(refs) if isinstance(refs, list) else type(refs).__name__
-            raise ValueError(f"{where}: field 'references': expected {num_references} references, got {got}")
-        references = []
-        for j, ref in enumerate(refs):
-            rwhere = f"{where}: field 'references'[{j}]"
-            if not isinstance(ref, dict):
-                raise ValueError(f"{rwhere}: expected an object, got {type(ref).__name__}")
-            for key in ("answer", "visual_keywords", "auditory_keywords"):
-                if key not in ref:
-                    raise ValueError(f"{rwhere}: missing field {key!r}")
-            references.append(AMUReference(
-                answer=_text(ref["answer"], f"{rwhere}.answer"),
-                visual_keywords=_keywords(ref["visual_keywords"], f"{rwhere}.visual_keywords"),
-                auditory_keywords=_keywords(ref["auditory_keywords"], f"{rwhere}.auditory_keywords"),
-            ))
+        r = parse_record(AMURecord, rec, where, context)
         entries.append(AMUEntry(
-            id=entry_id, question=_text(_field(rec, "question", where), f"{where}: field 'question'"),
-            category=category, references=tuple(references), **media,
+            id=entry_id, question=r.question, category=r.category, visual_path=r.visual_path,
+            auditory_path=r.auditory_path, references=tuple(AMUReference(**ref.model_dump()) for ref in r.references),
         ))
     if not entries:
         raise ValueError(f"{path}: no entries")

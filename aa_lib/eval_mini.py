@@ -24,16 +24,17 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice, SynergyPairs,
-                                  SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu, load_amu,
-                                  mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
+from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, IF_MODALITIES, AMGIFItem, AMUEntry, MultipleChoice,
+                                  SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
+                                  load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
-from aa_lib.judges import FunctionJudge, JudgeRequest
+from aa_lib.judges import FunctionJudge, JudgeRequest, NonEmptyStr, RecordId, parse_record
 from aa_lib.media import write_text_atomic as atomic_write_text
 from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
 from aa_lib.mini import checker
@@ -429,32 +430,47 @@ def _records(path: Path) -> list:
     return data
 
 
+class AMGIFRecord(BaseModel):
+    id: NonEmptyStr
+    modality: Literal[IF_MODALITIES]
+    instruction: NonEmptyStr
+    questions: list[MultipleChoice] | None = Field(default=None, validate_default=True)
+
+    @field_validator("questions")
+    @classmethod
+    def _questions_fit(cls, questions, info: ValidationInfo) -> tuple:
+        modality = info.data.get("modality")
+        if modality in ("audio", "video") and not questions:
+            raise ValueError(f"a {modality} item needs multiple-choice questions")
+        for j, q in enumerate(questions or ()):
+            if not 0 <= q.answer < len(q.options):
+                raise ValueError(f"question {j}: answer {q.answer} is not an index into {len(q.options)} options")
+        return tuple(questions or ())
+
+
+class SelectionRecord(BaseModel):
+    id: RecordId | None = None
+    instruction: str
+    votes: list[str]
+
+    @field_validator("votes")
+    @classmethod
+    def _known_combinations(cls, votes):
+        vote_shares(votes)  # raises, naming what is wrong
+        return votes
+
+
+def _where(path: Path, i: int, rec) -> str:
+    return f"{path}: item {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'})"
+
+
 def load_amg_if(path: str | os.PathLike) -> list[AMGIFItem]:
     """AMG instruction-following items: [{"id", "modality", "instruction", "questions": [{question, options,
     answer (index)}]}]; audio/video items need questions. Errors name the file, item and field."""
     items = []
     for i, rec in enumerate(_records(Path(path))):
-        where = f"{path}: item {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'})"
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected an object")
-        for key in ("id", "modality", "instruction"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise ValueError(f"{where}: field {key!r}: expected a non-empty string, got {rec.get(key)!r}")
-        if rec["modality"] not in IF_SUBTASK:
-            raise ValueError(f"{where}: field 'modality': {rec['modality']!r} is not one of {tuple(IF_SUBTASK)}")
-        qs = []
-        for j, q in enumerate(rec.get("questions") or []):
-            try:
-                opts = tuple(str(o) for o in q["options"])
-                if not 0 <= int(q["answer"]) < len(opts):
-                    raise ValueError(f"answer {q['answer']} is not an index into {len(opts)} options")
-                qs.append(MultipleChoice(str(q["question"]), opts, int(q["answer"])))
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{where}: field 'questions'[{j}]: {type(e).__name__}: {e}") from None
-        if rec["modality"] in ("audio", "video") and not qs:
-            raise ValueError(f"{where}: field 'questions': a {rec['modality']} item needs multiple-choice questions")
-        items.append(AMGIFItem(id=rec["id"], modality=rec["modality"], instruction=rec["instruction"],
-                               questions=tuple(qs)))
+        r = parse_record(AMGIFRecord, rec, _where(path, i, rec))
+        items.append(AMGIFItem(id=r.id, modality=r.modality, instruction=r.instruction, questions=r.questions))
     return items
 
 
@@ -462,17 +478,9 @@ def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
     """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}]."""
     items = []
     for i, rec in enumerate(_records(Path(path))):
-        where = f"{path}: item {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'})"
-        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str):
-            raise ValueError(f"{where}: expected an object with a string 'instruction'")
-        votes = rec.get("votes")
-        if not isinstance(votes, list) or not votes:
-            raise ValueError(f"{where}: field 'votes': expected a non-empty list of combinations")
-        try:
-            vote_shares(votes)
-        except ValueError as e:
-            raise ValueError(f"{where}: field 'votes': {e}") from None
-        items.append(SelectionItem(id=str(rec.get("id", i)), instruction=rec["instruction"], votes=tuple(votes)))
+        r = parse_record(SelectionRecord, rec, _where(path, i, rec))
+        items.append(SelectionItem(id=r.id if r.id is not None else str(i), instruction=r.instruction,
+                                   votes=tuple(r.votes)))
     return items
 
 

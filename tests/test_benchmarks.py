@@ -96,6 +96,20 @@ def test_llava_bench_errors(tmp_path):
         load_llava_bench(q, a, c, tmp_path / "img")
 
 
+
+@pytest.mark.parametrize("file, line, change, message", [
+    ("questions.jsonl", 2, lambda r: r.pop("category"), r"field 'category': Field required"),
+    ("questions.jsonl", 3, lambda r: r.update(text=["two", "parts"]), r"field 'text': Input should be a valid string"),
+    ("caps.jsonl", 1, lambda r: r["instances"][0].pop("bbox"), r"field 'instances\[0\]\.bbox': Field required"),
+])
+def test_benchmark_record_errors_name_file_record_and_field(tmp_path, file, line, change, message):
+    files = dict(zip(("questions.jsonl", "answers_gpt4.jsonl", "caps.jsonl"), _llava_files(tmp_path)))
+    rows = [json.loads(t) for t in files[file].read_text().splitlines()]
+    change(rows[line - 1])
+    _jsonl(files[file], rows)
+    with pytest.raises(ValueError, match=rf"{re.escape(file)}: line {line}: {message}"):
+        load_llava_bench(*files.values(), tmp_path / "img")
+
 def test_mia_bench(tmp_path):
     rows = [
         {"image": "http://images.cocodataset.org/val2017/000000397133.jpg", "instruction": "Explain in two sentences.",
@@ -161,7 +175,7 @@ def test_air_bench_chat(tmp_path):
     results = judge.judge_batch([air_request(items[0], "A woman talks."), air_request(items[1], "Wind.")])
     assert air_chat_score(results) == 5.0
     meta.write_text(json.dumps([{"uniq_id": 1, "path": "a.wav", "question": "q"}]))
-    with pytest.raises(ValueError, match="entry 0: missing field 'answer_gt'"):
+    with pytest.raises(ValueError, match="entry 0: field 'answer_gt': Field required"):
         load_air_bench_chat(meta)
 
 
@@ -279,7 +293,7 @@ def test_interleaved_bench(tmp_path):
     assert scores["overall"] == pytest.approx((4 + 3 + 2 + 3 + 4) / 5)
     assert parse_interleaved_scores(replies["a"].replace("5}", "6}")) is None  # out of the 1-5 scale
 
-    with pytest.raises(ValueError, match=r"interleaved.jsonl: line 1: missing field 'instruction'"):
+    with pytest.raises(ValueError, match=r"interleaved.jsonl: line 1: field 'instruction': Field required"):
         load_interleaved_bench(path, column_map={"id": "uid"})
     with pytest.raises(ValueError, match=r"unknown columns \['question'\]"):
         load_interleaved_bench(path, column_map={"question": "prompt"})

@@ -94,11 +94,12 @@ def test_load_amu_json_jsonl_and_public_names(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda r: r.pop("question"), r"entry 2 \(id q2\): missing field 'question'"),
-    (lambda r: r.update(category="humour"), r"entry 2 \(id q2\): field 'category': 'humour'"),
+    (lambda r: r.pop("question"), r"amu.json: entry 2 \(id q2\): field 'question': Field required"),
+    (lambda r: r.update(category="humour"), r"entry 2 \(id q2\): field 'category': Input should be .*'humour'"),
     (lambda r: r["references"].pop(), r"entry 2 \(id q2\): field 'references': expected 10 references, got 9"),
-    (lambda r: r["references"][4].update(visual_keywords=["dog"]), r"'references'\[4\]\.visual_keywords"),
-    (lambda r: r["references"][5].pop("answer"), r"'references'\[5\]: missing field 'answer'"),
+    (lambda r: r["references"][4].update(visual_keywords=["dog"]), r"field 'references\[4\]\.visual_keywords"),
+    (lambda r: r["references"][5].pop("answer"), r"field 'references\[5\]\.answer': Field required"),
+    (lambda r: r.update(question="  "), r"field 'question': expected a non-empty string"),
     (lambda r: r.update(id="q1"), r"entry 2 \(id q1\): duplicate id"),
 ])
 def test_load_amu_errors_name_entry_and_field(tmp_path, change, message):
@@ -108,6 +109,18 @@ def test_load_amu_errors_name_entry_and_field(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         load_amu(path)
 
+
+
+def test_load_amu_malformed_record_names_file_record_and_field(tmp_path):
+    records = _records()
+    del records[3]["references"][0]["answer"]
+    path = _write_amu(tmp_path, records, "amu.jsonl")
+    with pytest.raises(ValueError, match=r"amu\.jsonl: entry 3 \(id q3\): field 'references\[0\]\.answer': "
+                                         r"Field required$"):
+        load_amu(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records()[:3] + ["not an object"]))
+    with pytest.raises(ValueError, match=r"amu\.jsonl: entry 3 \(id 3\): expected an object"):
+        load_amu(path)
 
 def test_load_amu_missing_media(tmp_path):
     path = _write_amu(tmp_path, _records())
@@ -190,6 +203,24 @@ def test_evaluate_amu_records_failures_and_resumes(tmp_path):
     assert len(read_results(out)) == 8
     assert KEY not in out.read_text()
 
+
+
+def test_amg_record_errors_name_file_item_and_field(tmp_path):
+    from aa_lib.eval_mini import load_amg_if, load_amg_selection
+
+    path = tmp_path / "amg_if.json"
+    mcq = {"question": "How many beeps?", "options": ["one", "two"], "answer": 1}
+    good = [{"id": "t0", "modality": "text", "instruction": "Say hi."},
+            {"id": "a0", "modality": "audio", "instruction": "Beep twice.", "questions": [mcq]}]
+    path.write_text(json.dumps(good))
+    assert load_amg_if(path)[1].questions == (MultipleChoice("How many beeps?", ("one", "two"), 1),)
+    path.write_text(json.dumps([good[0], dict(good[1], questions=[dict(mcq, answer=2)])]))
+    with pytest.raises(ValueError, match=r"amg_if\.json: item 1 \(id a0\): field 'questions': question 0: answer 2 "):
+        load_amg_if(path)
+    sel = tmp_path / "amg_selection.json"
+    sel.write_text(json.dumps([{"id": 7, "instruction": "Show a dog.", "votes": ["ti", "smell"]}]))
+    with pytest.raises(ValueError, match=r"amg_selection\.json: item 0 \(id 7\): field 'votes': unknown output"):
+        load_amg_selection(sel)
 
 def test_vote_shares_and_selection():
     votes = ["t"] * 10 + ["it"] * 5 + ["text+audio"] * 4 + ["tia"] * 6
