@@ -32,7 +32,8 @@ from typing import Annotated, Any, Callable, Iterable, Mapping, Protocol, Sequen
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, create_model, field_validator
 
-from aa_lib.judges import FunctionJudge, JudgeRequest, JudgeResult, RecordId, parse_record
+from aa_lib.judges import FunctionJudge, JudgeRequest, JudgeResult
+from aa_lib.records import RecordId, parse_record, read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -43,24 +44,6 @@ class BenchItem:
     reference: str | None = None  # the reference answer, where the benchmark has one
     category: str | None = None
     extra: dict = field(default_factory=dict, compare=False)  # benchmark-specific fields (components, context, ...)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-    return rows
 
 
 def _media(base: str | os.PathLike | None, name: str, where: str, check_files: bool) -> str:
@@ -105,17 +88,17 @@ def load_llava_bench(
     """`questions.jsonl` (question_id, image, text, category), the reference `answers_gpt4.jsonl` (question_id,
     text) and optionally `caps_boxes_coco2014_val_80.jsonl` (image, caption, instances) shown to the judge."""
     refs = {}
-    for i, row in enumerate(_read_jsonl(Path(answers))):
+    for i, row in enumerate(read_jsonl(Path(answers))):
         r = parse_record(LlavaAnswerRecord, row, f"{answers}: line {i + 1}")
         refs[r.question_id] = r.text
     ctx = {}
     if context is not None:
-        for i, row in enumerate(_read_jsonl(Path(context))):
+        for i, row in enumerate(read_jsonl(Path(context))):
             r = parse_record(LlavaContextRecord, row, f"{context}: line {i + 1}")
             boxes = [f"{b.category}: {b.bbox}" for b in r.instances]
             ctx[r.image] = "\n".join(r.caption + ([""] + boxes if boxes else []))
     items = []
-    for i, row in enumerate(_read_jsonl(Path(questions))):
+    for i, row in enumerate(read_jsonl(Path(questions))):
         where = f"{questions}: line {i + 1}"
         r = parse_record(LlavaQuestionRecord, row, where)
         if r.question_id not in refs:
@@ -189,7 +172,7 @@ def load_mia_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None 
     Images are often COCO URLs; with `image_dir` the URL's file name is looked up there.
     """
     items = []
-    for i, row in enumerate(_read_json(Path(path))):
+    for i, row in enumerate(read_json(Path(path))):
         where = f"{path}: entry {i}"
         r = parse_record(MIARecord, row, where)
         image = r.image if image_dir is None else _media(image_dir, r.image.rsplit("/", 1)[-1], where, check_files)
@@ -256,7 +239,7 @@ def load_video_chatgpt(path: str | os.PathLike, video_dir: str | os.PathLike | N
                        video_ext: str = ".mp4", check_files: bool = False) -> list[BenchItem]:
     """`generic_qa.json` / `temporal_qa.json` (Q, A, video_name) or `consistency_qa.json` (Q1, Q2, A, video_name)."""
     items = []
-    for i, row in enumerate(_read_json(Path(path))):
+    for i, row in enumerate(read_json(Path(path))):
         where = f"{path}: entry {i}"
         consistency = isinstance(row, dict) and "Q1" in row
         r = parse_record(VideoConsistencyRecord if consistency else VideoQARecord, row, where)
@@ -323,7 +306,7 @@ def load_air_bench_chat(meta: str | os.PathLike, audio_dir: str | os.PathLike | 
                         check_files: bool = False) -> list[BenchItem]:
     """`Chat_meta.json`: uniq_id, task_name, dataset_name, path (the audio), question, answer_gt."""
     items = []
-    for i, row in enumerate(_read_json(Path(meta))):
+    for i, row in enumerate(read_json(Path(meta))):
         where = f"{meta}: entry {i}"
         r = parse_record(AirChatRecord, row, where)
         items.append(BenchItem(id=r.uniq_id if r.uniq_id is not None else str(i), question=r.question,
@@ -423,7 +406,7 @@ def load_image_scorer(model_path: str | os.PathLike, load: Callable[[str], Any],
 def load_image_prompts(path: str | os.PathLike) -> list[str]:
     """A benchmark prompt file: a JSON list of prompts (HPS v2's per-style files) or of objects with a 'prompt'
     field (ImageReward's benchmark prompts)."""
-    data = _read_json(Path(path))
+    data = read_json(Path(path))
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of prompts, got {type(data).__name__}")
     out = []
@@ -497,7 +480,7 @@ def load_interleaved_bench(path: str | os.PathLike, image_dir: str | os.PathLike
         input_images=(_ImagePaths, Field([], validation_alias=cmap["input_images"])),
         reference=(Any, Field(None, validation_alias=cmap["reference"])))
     items = []
-    for i, row in enumerate(_read_jsonl(Path(path))):
+    for i, row in enumerate(read_jsonl(Path(path))):
         where = f"{path}: line {i + 1}"
         r = parse_record(record, row, where)
         ref_where = f"{where}: field {cmap['reference']!r}"

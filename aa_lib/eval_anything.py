@@ -25,7 +25,8 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, Validation
 from torch import nn
 from torch.nn import functional as F
 
-from aa_lib.judges import Judge, JudgeRequest, NonEmptyStr, atomic_write_text, parse_record
+from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
+from aa_lib.records import NonEmptyStr, parse_record, read_records
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
@@ -98,26 +99,6 @@ class AMURecord(BaseModel):
         return refs
 
 
-def _read_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-    return data
-
-
 def load_amu(
     path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
 ) -> list[AMUEntry]:
@@ -128,7 +109,7 @@ def load_amu(
     path = Path(path)
     context = {"folder": path.parent, "check_files": check_files, "num_references": num_references}
     entries, seen = [], set()
-    for i, rec in enumerate(_read_records(path)):
+    for i, rec in enumerate(read_records(path)):
         entry_id = str(rec.get("id", rec.get("question_id", i))) if isinstance(rec, dict) else str(i)
         where = f"{path}: entry {i} (id {entry_id})"
         if entry_id in seen:

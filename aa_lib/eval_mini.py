@@ -34,7 +34,8 @@ from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, IF_MODALITIES, A
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
-from aa_lib.judges import FunctionJudge, JudgeRequest, NonEmptyStr, RecordId, parse_record
+from aa_lib.judges import FunctionJudge, JudgeRequest
+from aa_lib.records import NonEmptyStr, RecordId, parse_record, read_records
 from aa_lib.media import write_text_atomic as atomic_write_text
 from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
 from aa_lib.mini import checker
@@ -420,16 +421,6 @@ def write_amg(amg: AMGSet, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     return if_path, sel_path
 
 
-def _records(path: Path) -> list:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty JSON list of items")
-    return data
-
-
 class AMGIFRecord(BaseModel):
     id: NonEmptyStr
     modality: Literal[IF_MODALITIES]
@@ -468,7 +459,7 @@ def load_amg_if(path: str | os.PathLike) -> list[AMGIFItem]:
     """AMG instruction-following items: [{"id", "modality", "instruction", "questions": [{question, options,
     answer (index)}]}]; audio/video items need questions. Errors name the file, item and field."""
     items = []
-    for i, rec in enumerate(_records(Path(path))):
+    for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
         r = parse_record(AMGIFRecord, rec, _where(path, i, rec))
         items.append(AMGIFItem(id=r.id, modality=r.modality, instruction=r.instruction, questions=r.questions))
     return items
@@ -477,7 +468,7 @@ def load_amg_if(path: str | os.PathLike) -> list[AMGIFItem]:
 def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
     """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}]."""
     items = []
-    for i, rec in enumerate(_records(Path(path))):
+    for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
         r = parse_record(SelectionRecord, rec, _where(path, i, rec))
         items.append(SelectionItem(id=r.id if r.id is not None else str(i), instruction=r.instruction,
                                    votes=tuple(r.votes)))

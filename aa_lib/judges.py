@@ -4,8 +4,7 @@ eval-anything (SPEC §5) and the Table 2 benchmarks (SPEC §6) all ask a judge f
 A judge takes a `JudgeRequest` (system prompt, user prompt, optional media paths) and returns a `JudgeResult`
 (raw reply, parsed score, error). Failures are recorded in the result, never raised, so a long evaluation
 finishes and says what failed and why. Replies are cached on disk, keyed by a hash of the full request, so a
-rerun of a finished evaluation makes no calls. `parse_record` validates one record of the files judged items come
-from (AMU, AMG, benchmarks) with a pydantic model, its errors naming the file, the record and the field.
+rerun of a finished evaluation makes no calls.
 """
 from __future__ import annotations
 
@@ -21,10 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Sequence, TypeVar
-
-import pydantic
-from pydantic import AfterValidator, Field
+from typing import Any, Callable, Sequence
 
 from aa_lib.media import write_text_atomic
 
@@ -451,37 +447,3 @@ class FunctionJudge(Judge):
             return JudgeResult(raw=str(out), error=f"score {out} outside [{low:g}, {high:g}]", asks=1, calls=1)
         return JudgeResult(error=f"call failed: function returned {type(out).__name__}, not str/number", asks=1,
                            calls=1)
-
-
-# Records of the files judged items come from (AMU, AMG, benchmarks)
-
-
-def _non_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("expected a non-empty string")
-    return value
-
-
-# Record field types: text that must say something (whitespace alone is no question, answer or path), and an id
-# that files write as a string or a number, kept as a string.
-NonEmptyStr = Annotated[str, AfterValidator(_non_blank)]
-RecordId = Annotated[str, Field(coerce_numbers_to_str=True)]
-RecordT = TypeVar("RecordT", bound=pydantic.BaseModel)
-
-
-def parse_record(model: type[RecordT], record: Any, where: str, context: dict | None = None) -> RecordT:
-    """`record` validated as `model` (its validators see `context`), else ValueError "<where>: field 'a[2].b': why"."""
-    try:
-        return model.model_validate(record, context=context)
-    except pydantic.ValidationError as e:
-        errors = e.errors()
-    err = errors[0]
-    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-    if err["type"] == "value_error":  # a validator's own words, without pydantic's "Value error, " prefix
-        problem = str(err["ctx"]["error"])
-    elif err["type"] in ("model_type", "dataclass_type"):  # pydantic would name a class the file never shows
-        problem = f"expected an object (got {err['input']!r:.60})"
-    else:
-        problem = err["msg"] if err["type"] == "missing" else f"{err['msg']} (got {err['input']!r:.60})"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise ValueError(f"{where}: " + (f"field {name!r}: " if name else "") + problem + more)
