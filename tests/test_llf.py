@@ -250,3 +250,25 @@ def test_win_rate_counts_ties_half():
     judge = lambda i, a, b: [1, 2, "tie", 1][i]  # noqa: E731
     r = llf.win_rate(judge, ["y"] * 4, ["s"] * 4)
     assert (r["wins"], r["ties"], r["losses"], r["win_rate"]) == (2, 1, 1, 0.625)
+
+
+def test_example_keys_follow_media_content_not_paths(tmp_path):
+    """Sampling seeds come from example keys: the same clip in another checkout (another absolute path) must give
+    the same key, or a fresh clone elsewhere samples other responses (seen: TA2T / TV2T synthesis)."""
+    import shutil
+
+    from aa_lib.llf.generation import example_key
+
+    wav = mini.generate("ta2t", 1, seed=0)[0]["audio_path"]["bytes"]
+    for folder in ("checkout_a", "checkout_b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "clip.wav").write_bytes(wav)
+    prompt = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "what pitch ?"}]}]
+    key = {f: example_key({"prompt": prompt, "audios": [str(tmp_path / f / "clip.wav")]}) for f in ("checkout_a", "checkout_b")}
+    assert key["checkout_a"] == key["checkout_b"]
+    as_dict = example_key({"prompt": prompt, "audios": [{"path": str(tmp_path / "checkout_b" / "clip.wav"), "bytes": None}]})
+    assert as_dict == key["checkout_a"]
+    shutil.copy(tmp_path / "checkout_a" / "clip.wav", tmp_path / "other.wav")
+    with open(tmp_path / "other.wav", "ab") as f:
+        f.write(b"\0\0")  # other content, other key
+    assert example_key({"prompt": prompt, "audios": [str(tmp_path / "other.wav")]}) != key["checkout_a"]

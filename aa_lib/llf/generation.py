@@ -4,8 +4,10 @@ the family's processor on images / video / audio), `model.generate` with the KV 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,12 +85,24 @@ def _fingerprint(value) -> str:
             return hashlib.sha1(value["bytes"]).hexdigest()
         if value.get("array") is not None:
             return _fingerprint(np.asarray(value["array"]))
-        return str(value.get("path"))
+        return _fingerprint(value.get("path"))
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_fingerprint(v) for v in value) + "]"
     if isinstance(value, bytes):
         return hashlib.sha1(value).hexdigest()
+    if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+        # A media file by its content, not its path: the same clip in another checkout (or on another machine,
+        # under another folder) must draw the same samples.
+        stat = os.stat(value)
+        return _file_digest(os.path.realpath(value), stat.st_size, stat.st_mtime_ns)
     return json.dumps(value, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha1 of a file's bytes (memoized per path, size and mtime: a synthesis asks for each prompt's key often)."""
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
 
 
 def example_key(example: dict) -> str:
