@@ -37,16 +37,12 @@ from aa_lib.subtasks import get_subtask
 # Image-output subtasks (t2i, ti2ti) run their cells in aa_lib.image_llf (Janus: the tiny family that decodes images).
 FAMILIES = {"t2t": "llama", "ti2t": "llava", "tv2t": "qwen2_vl", "ta2t": "qwen2_audio", "t2i": "janus",
             "ti2ti": "janus"}
-PENDING: dict[str, str] = {}
 
 
 def family_for(subtask: str) -> str:
     name = get_subtask(subtask).name
     if name in FAMILIES:
         return FAMILIES[name]
-    if name in PENDING:
-        raise NotImplementedError(f"{name}: the LLF experiments need image-output generation and DPO "
-                                  f"({PENDING[name]}, aa_lib.train.image_output), which are not available yet")
     raise ValueError(f"{name}: the paper runs no LLF experiment on this subtask; supported: {', '.join(FAMILIES)}")
 
 
@@ -84,12 +80,6 @@ class Sizes:
         base = dict(n_sft=16, n_align=12, n_heldout=6, sft_steps=2, feedback_steps=2, dpo_steps=1, reward_steps=1,
                     ppo_episodes=4, batch_size=4, max_new_tokens=6, critique_tokens=8, gen_batch_size=8)
         return cls(**{**base, **kw})
-
-
-def sizes_from(params: dict) -> Sizes:
-    """A `Sizes` from a notebook's parameters (keys that are not Sizes fields are ignored)."""
-    names = set(Sizes.__dataclass_fields__)
-    return Sizes(**{k: v for k, v in params.items() if k in names})
 
 
 def _image():
@@ -208,7 +198,7 @@ def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mi
             "seconds_sft": round(time.time() - t1, 1), "seconds": round(time.time() - t0, 1)}
 
 
-def _load(model_or_path, family: str | None = None):
+def load_pair(model_or_path, family: str | None = None):
     """(model, processor) from a folder, or the pair itself when already loaded."""
     from aa_lib.models import load_model
 
@@ -243,7 +233,7 @@ def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
     a few example responses."""
     if not get_subtask(held.subtask).text_output:
         return _image().evaluate(model_or_path, held, sizes, seed)
-    model, proc = _load(model_or_path)
+    model, proc = load_pair(model_or_path)
     responses = llf.generate(model, proc, held.examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
                              batch_size=sizes.gen_batch_size, seed=seed)
     out = score_responses(held.subtask, held.metas, responses)
@@ -351,7 +341,6 @@ def ppo(subtask: str, policy, reward_pairs, prompts, out_dir, sizes: Sizes, seed
     if not get_subtask(subtask).text_output:
         return _image().ppo(subtask, policy, reward_pairs, prompts, out_dir, sizes, seed, profile)
     from aa_lib.presets import make_config
-    from aa_lib.train.common import save_trained
     from aa_lib.train.ppo import train_ppo
     from aa_lib.train.reward import load_reward_model, train_reward
 
@@ -365,9 +354,7 @@ def ppo(subtask: str, policy, reward_pairs, prompts, out_dir, sizes: Sizes, seed
                      per_device_train_batch_size=min(8, sizes.batch_size), num_mini_batches=1,
                      response_length=sizes.max_new_tokens, max_length=sizes.max_length, seed=seed, data_seed=seed,
                      **_quiet())
-    trainer = train_ppo(pc, policy, reward_model, prompts)
-    model = trainer.policy_model if hasattr(trainer, "policy_model") else trainer.model
-    return save_trained(model, trainer.processing_class, out_dir / "policy", source_path=policy), rm_path
+    return train_ppo(pc, policy, reward_model, prompts), rm_path
 
 
 def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
@@ -375,8 +362,8 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
     of y* over y judged by `mini.judge_pair` (ties count half), and the rubric scores of y and y*."""
     if not get_subtask(held.subtask).text_output:
         return _image().ablation(policy, feedback, held, sizes, seed)
-    pol = _load(policy)
-    fb = pol if feedback is None else _load(feedback)
+    pol = load_pair(policy)
+    fb = pol if feedback is None else load_pair(feedback)
     res = llf.self_improve(pol[0], held.examples, fb[0], processor=pol[1], feedback_processor=fb[1],
                            policy_options=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
                            feedback_options=llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),

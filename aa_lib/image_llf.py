@@ -232,7 +232,7 @@ def train_policy(subtask: str, out_dir, seed: int, sizes, root=".cache/mini") ->
 
 
 def _load(model_or_path):
-    from aa_lib.experiments import _load as load_pair
+    from aa_lib.experiments import load_pair
 
     return load_pair(model_or_path, family="janus")
 
@@ -342,15 +342,15 @@ def _refine_example(ex: dict, y, critique: str) -> dict:
 def _sample_images(model, proc, examples: list[dict], keys: list[str], seed: int, temperature: float,
                    batch_size: int) -> list[np.ndarray]:
     """t2i images sampled in batches; a row's sample depends on (seed, its key) only, not on its batch."""
-    from aa_lib.llf.generation import _seed_of
+    from aa_lib.llf.generation import seed_of
     from aa_lib.models import janus_decode_images
-    from aa_lib.train.image_output import _generation_batch, _prompt_example, sample_image_codes
+    from aa_lib.train.image_output import generation_batch, prompt_example, sample_image_codes
 
     images = []
     for s in range(0, len(examples), batch_size):
-        chunk = [_prompt_example(e, i) for i, e in enumerate(examples[s:s + batch_size])]
-        gens = [torch.Generator().manual_seed(_seed_of(seed, k)) for k in keys[s:s + batch_size]]
-        c = sample_image_codes(model, _generation_batch(model, proc, chunk), gens, temperature)
+        chunk = [prompt_example(e, i) for i, e in enumerate(examples[s:s + batch_size])]
+        gens = [torch.Generator().manual_seed(seed_of(seed, k)) for k in keys[s:s + batch_size]]
+        c = sample_image_codes(model, generation_batch(model, proc, chunk), gens, temperature)
         images += [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in janus_decode_images(model, proc, c)]
     return images
 
@@ -358,11 +358,11 @@ def _sample_images(model, proc, examples: list[dict], keys: list[str], seed: int
 def _sample(model, proc, subtask: str, examples: list[dict], keys: list[str], seed: int, isz) -> list:
     """Responses sampled at temperature 1, each seeded by (seed, its key) so that a resumed synthesis draws what
     the uninterrupted one drew (ti2ti: one prompt at a time, as `generate_texts` seeds by position)."""
-    from aa_lib.llf.generation import _seed_of
+    from aa_lib.llf.generation import seed_of
 
     if subtask == "t2i":
         return _sample_images(model, proc, examples, keys, seed, 1.0, isz.gen_batch_size)
-    return [_respond(model, proc, subtask, [e], _seed_of(seed, k) % 2**31, 1.0, isz)[0]
+    return [_respond(model, proc, subtask, [e], seed_of(seed, k) % 2**31, 1.0, isz)[0]
             for e, k in zip(examples, keys)]
 
 
@@ -390,7 +390,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
     rerun skips finished items. Pairs whose y* has y's VQ codes are dropped ("identical"); report.json says what
     was kept and dropped. None when every item was dropped (the reasons are in report.json)."""
     from aa_lib.llf.generation import example_key
-    from aa_lib.llf.synthesis import REPORT, SHARD, _append, _check_meta, _read_shard, _write_json_atomic, item_id
+    from aa_lib.llf.synthesis import REPORT, SHARD, append_records, check_meta, read_shard, write_json_atomic, item_id
 
     isz = image_sizes(sizes)
     subtask = _check(align_rows.info.config_name)
@@ -402,12 +402,12 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
         raise ValueError("synthesize: no prompts")
     target = min(target_size, isz.max_pairs)
     max_rounds = 4
-    _check_meta(out, {"seed": seed, "policy": str(policy),
+    check_meta(out, {"seed": seed, "policy": str(policy),
                       "feedback_model": None if feedback is None else str(feedback),
                       "generation": {"y": "temperature 1", "c": f"greedy, {isz.critique_tokens} tokens",
                                      "y_star": "greedy"}})
     shard = out / SHARD
-    done = _read_shard(shard)
+    done = read_shard(shard)
     resumed = len(done)
     keys = [example_key(p) for p in P]
     order = [(r, i, item_id(keys[i], r, seed)) for r in range(max_rounds) for i in range(len(P))]
@@ -434,7 +434,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
             rec["kept"] = rec["reason"] is None
             records.append(rec)
             done[iid] = rec
-        _append(shard, records)
+        append_records(shard, records)
         generated += len(records)
         bar.update(sum(r["kept"] for r in records))
         return sum(r["kept"] for r in records)
@@ -463,7 +463,7 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes, s
     report = {"items": len(records), "kept": len(keep), "dropped": len(dropped), "dropped_by_reason": counts,
               "target_size": target, "requested_size": target_size, "shortfall": max(0, target - len(keep)),
               "resumed_items": resumed, "generated_items": generated, "dropped_items": dropped}
-    _write_json_atomic(out / REPORT, report)
+    write_json_atomic(out / REPORT, report)
     if not keep:
         return None
     return _save_pairs(out, [P[r["prompt_index"]] for r in keep], keep, subtask)

@@ -21,7 +21,7 @@ from aa_lib.llf.feedback import (REFINE_TEMPLATE, build_feedback_trainer, critiq
                                  refine_example, self_improve, train_feedback_model)
 from aa_lib.llf.generation import (MEDIA_COLUMNS, Generation, GenerationOptions, example_key, generate,
                                    generate_detailed)
-from aa_lib.llf.pipelines import dpo_llf, online_llf, ppo_llf, train_llf_reward, win_rate
+from aa_lib.llf.pipelines import dpo_llf, ppo_llf, train_llf_reward, win_rate
 from aa_lib.llf.synthesis import (SynthesisConfig, item_id, load_synthesized, normalize_ws, pair_filter,
                                   synthesize_preferences, to_reward_pairs)
 
@@ -29,6 +29,6 @@ __all__ = [
     "REFINE_TEMPLATE", "GenerationOptions", "Generation", "generate", "generate_detailed", "example_key",
     "critique_example", "refine_example", "train_feedback_model", "build_feedback_trainer", "feedback_sft_examples",
     "self_improve", "SynthesisConfig", "synthesize_preferences", "pair_filter", "item_id", "load_synthesized",
-    "to_reward_pairs", "normalize_ws", "dpo_llf", "ppo_llf", "online_llf", "train_llf_reward", "win_rate",
+    "to_reward_pairs", "normalize_ws", "dpo_llf", "ppo_llf", "train_llf_reward", "win_rate",
     "MEDIA_COLUMNS",
 ]

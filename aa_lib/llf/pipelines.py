@@ -1,4 +1,4 @@
-"""DPO+LLF, PPO+LLF and GRPO/RLOO+LLF (SPEC §3.4): synthesis, then aa_lib's trainers; Table 3's win rate."""
+"""DPO+LLF and PPO+LLF (SPEC §3.4): synthesis, then aa_lib's trainers; Table 3's win rate."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,32 +35,13 @@ def ppo_llf(synthesis: SynthesisConfig, reward_config, ppo_config, policy_path, 
     """PPO+LLF (SPEC §3.4): synthesized pairs -> reward model -> PPO from the policy on `ppo_prompts` (default: the
     synthesis prompts). `reward_config` / `ppo_config`: aa_lib.train.reward.RewardConfig / aa_lib.train.ppo.PPOConfig;
     the reward model goes to reward_config.output_dir, the policy to ppo_config.output_dir (returned)."""
-    from aa_lib.train.common import save_trained
     from aa_lib.train.ppo import train_ppo
     from aa_lib.train.reward import load_reward_model
 
     rm_path = train_llf_reward(synthesis, reward_config, policy_path, prompts, feedback_model_path)
     reward_model, _ = load_reward_model(rm_path)
     data = _prompt_dataset(ppo_prompts if ppo_prompts is not None else prompts, synthesis.subtask)
-    trainer = train_ppo(ppo_config, policy_path, reward_model, data)
-    return save_trained(trainer.policy_model if hasattr(trainer, "policy_model") else trainer.model,
-                        trainer.processing_class, ppo_config.output_dir, source_path=policy_path)
-
-
-def online_llf(method: str, synthesis: SynthesisConfig, reward_config, rl_config, policy_path, prompts,
-               feedback_model_path=None, rl_prompts=None) -> Path:
-    """GRPO+LLF / RLOO+LLF (text families): a reward model on the synthesized pairs drives TRL's GRPO or RLOO."""
-    from aa_lib.train import online
-    from aa_lib.train.common import save_trained
-
-    build = {"grpo": online.build_grpo_trainer, "rloo": online.build_rloo_trainer}
-    if method not in build:
-        raise ValueError(f"online_llf: method must be 'grpo' or 'rloo', got {method!r}")
-    rm_path = train_llf_reward(synthesis, reward_config, policy_path, prompts, feedback_model_path)
-    data = _prompt_dataset(rl_prompts if rl_prompts is not None else prompts, synthesis.subtask)
-    trainer = build[method](rl_config, policy_path, data, str(rm_path))
-    trainer.train()
-    return save_trained(trainer.model, trainer.processing_class, rl_config.output_dir, source_path=policy_path)
+    return train_ppo(ppo_config, policy_path, reward_model, data)
 
 
 def win_rate(judge: Callable[[int, str, str], int], responses: list[str], improved: list[str]) -> dict:

@@ -75,7 +75,7 @@ def pair_filter(rec: dict, max_response_tokens: int | None, drop_truncated: bool
     return None
 
 
-def _read_shard(path: Path) -> dict[str, dict]:
+def read_shard(path: Path) -> dict[str, dict]:
     """Finished items of a shard by id. A torn last line (a crash mid-write) is cut off; any other bad line raises."""
     done: dict[str, dict] = {}
     if not path.exists():
@@ -104,18 +104,18 @@ def _read_shard(path: Path) -> dict[str, dict]:
     return done
 
 
-def _append(path: Path, records: list[dict]) -> None:
+def append_records(path: Path, records: list[dict]) -> None:
     with open(path, "ab") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records).encode())
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-def _check_meta(out: Path, meta: dict) -> None:
+def check_meta(out: Path, meta: dict) -> None:
     """A shard only resumes under the same settings (mixing two policies' items would be silent corruption)."""
     path = out / META
     if path.exists():
@@ -125,7 +125,7 @@ def _check_meta(out: Path, meta: dict) -> None:
             raise ValueError(f"{path}: the existing shard was made with other settings ({', '.join(diff)}: "
                              f"{[old.get(k) for k in diff]} vs {[meta.get(k) for k in diff]}); use a new output_dir")
     else:
-        _write_json_atomic(path, meta)
+        write_json_atomic(path, meta)
 
 
 def item_id(prompt_key: str, sample_index: int, seed: int) -> str:
@@ -149,12 +149,12 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
     P = _prompt_dataset(prompts, config.subtask)
     if len(P) == 0:
         raise ValueError("synthesize_preferences: no prompts")
-    _check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
+    check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
                       "feedback_model": str(feedback_model) if isinstance(feedback_model, (str, os.PathLike))
                       else None, "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
                                                 asdict(config.refine_generation)]})
     shard = out / SHARD
-    done = _read_shard(shard)
+    done = read_shard(shard)
     resumed = len(done)
     for rec in done.values():  # filters are re-applied, so changing them needs no regeneration
         rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
@@ -186,7 +186,7 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
             rec["kept"] = rec["reason"] is None
             records.append(rec)
             done[iid] = rec
-        _append(shard, records)
+        append_records(shard, records)
         generated += len(records)
         if on_batch is not None:
             on_batch(records)
@@ -230,7 +230,7 @@ def _finalize(config: SynthesisConfig, P, records: list[dict], resumed: int, gen
               "target_size": config.target_size,
               "shortfall": max(0, config.target_size - len(kept)) if config.target_size is not None else 0,
               "resumed_items": resumed, "generated_items": generated, "dropped_items": dropped}
-    _write_json_atomic(out / REPORT, report)
+    write_json_atomic(out / REPORT, report)
     if not kept:
         raise ValueError(f"synthesize_preferences: every one of {len(records)} items was dropped "
                          f"({counts}); nothing to train on (see {out / SHARD} and {out / REPORT})")
