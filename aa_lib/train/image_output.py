@@ -1,6 +1,6 @@
 """Image outputs (T2I, TI2TI): SFT, generation, DPO and PPO on the VQ codes of images, for Janus and Chameleon.
 
-Public API (aa_lib.experiments calls these for t2i / ti2ti):
+Public API (aa_lib.policies.ImagePolicy calls these for t2i / ti2ti):
 - `train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path`: next-token loss on the response (text
   tokens and the target image's VQ codes; prompt masked). A full model folder goes to `config.output_dir`.
 - `generate_images(model, processor, prompts, seed=0, batch_size=8, temperature=1.0, cfg_weight=1.0)`
