@@ -254,11 +254,6 @@ def start_model(seed: int = 0, cache_dir=CACHE, budget: str | dict = "tiny") -> 
     return _cached_folder(Path(cache_dir) / f"janus-start-s{seed}-{vq.name.removeprefix('janus-vq-')}", build)
 
 
-def _fit_tokenizer(seed: int, b: dict, cache_dir: Path = CACHE) -> Path:
-    """Kept for callers of the old name: the start model of `seed` (see `start_model`)."""
-    return start_model(seed, cache_dir, b)
-
-
 def fit_vq(model_path, images, out_dir, steps: int, batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
            max_seconds: float | None = None, foreground_weight: float = 20.0, commitment: float = 0.25) -> Path:
     """`aa_lib.train.image_output.train_image_tokenizer` on clean targets, with the reconstruction error of shape
