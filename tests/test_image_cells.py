@@ -1,6 +1,7 @@
-"""The LLF cells of aa_lib.experiments on image outputs (aa_lib.policies.ImagePolicy) at smoke size (t2i and ti2ti): the policy's SFT mix, the feedback
-model's loss on critique tokens only, synthesized pairs that differ, survive a reload and resume after an
-interruption without redoing finished items, DPO that moves the weights, and the cell results' shapes.
+"""The LLF cells of aa_lib.experiments (the same functions the text cells run) on image outputs
+(aa_lib.policies.ImagePolicy) at smoke size, t2i and ti2ti: the policy's SFT mix, the feedback model's loss on
+critique tokens only, synthesized pairs that differ, survive a reload and resume after an interruption without
+redoing finished items, DPO that moves the weights, and the cell results' shapes.
 
 Whether the SFT policy beats the untrained one is a measurement at full size (~4 min, too slow here); its numbers
 are in the comment on `experiments.SIZES`."""
