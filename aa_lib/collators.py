@@ -132,7 +132,7 @@ def _as_messages(value, key: str, name: str) -> list[dict]:
     return value
 
 
-def _count_media_parts(messages: list[dict]) -> dict[str, int]:
+def count_media_parts(messages: list[dict]) -> dict[str, int]:
     counts = {"image": 0, "video": 0, "audio": 0}
     for m in messages:
         if isinstance(m.get("content"), list):
@@ -172,7 +172,7 @@ class _Base:
     # -- one row -------------------------------------------------------------------------------------------
     def _media(self, example: dict, name: str, messages: list[dict]) -> dict:
         """Decoded media for the processor, checked against the placeholders in the messages."""
-        counts = _count_media_parts(messages)
+        counts = count_media_parts(messages)
         kwargs = {}
         for key, (kind, proc_kw) in MEDIA_KEYS.items():
             values = _media_values(example, key)
@@ -214,7 +214,7 @@ class _Base:
         """The identity of every media value the row feeds, plus the placeholder counts `_media` checks them
         against; None when a value has no cheap identity (the row is then encoded without the memo)."""
         try:
-            return (tuple(_count_media_parts(messages).values()), self.num_frames) + tuple(
+            return (tuple(count_media_parts(messages).values()), self.num_frames) + tuple(
                 (key, tuple(_media_identity(kind, v) for v in _media_values(example, key)))
                 for key, (kind, _) in MEDIA_KEYS.items())
         except Exception:  # unreadable / odd value: `_media` raises the row's error, or encodes it uncached
@@ -245,8 +245,8 @@ class _Base:
         eos = self.tokenizer.eos_token
         if eos and tail.endswith(eos + "\n"):  # the newline after the end of turn is never generated
             tail = tail[:-1]
-        if _count_media_parts(completion)["image"] + _count_media_parts(completion)["video"] + \
-                _count_media_parts(completion)["audio"]:
+        if count_media_parts(completion)["image"] + count_media_parts(completion)["video"] + \
+                count_media_parts(completion)["audio"]:
             raise CollatorError(f"{name}: media in a response needs the image-token path (aa_lib.train.sft "
                                 f"image-output training), not this text collator")
         return self.tokenizer(tail, add_special_tokens=False)["input_ids"]

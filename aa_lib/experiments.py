@@ -15,8 +15,9 @@ One (subtask, seed) cell:
    as its own critic, judged by `mini.judge_pair` (ties count half).
 5. `respondent_scores`: the mini world's simulated respondents scored on the same held-out prompts (Fig. 11).
 
-Sizes (`Sizes`) are chosen for the time budget of `make figures` on 2 CPU cores; smoke sizes for tests.
-Image-output subtasks (t2i, ti2ti) run the same steps in aa_lib.image_llf (tiny Janus). One initial policy per
+Sizes (`Sizes`, one row of `SIZES` per output kind) are chosen for the time budget of `make figures` on 2 CPU
+cores; smoke sizes for tests. Every cell is written once against the subtask's policy family (`aa_lib.policies`:
+text-output policies, or the tiny Janus of the image-output subtasks t2i and ti2ti). One initial policy per
 subtask (`initial_policy`, seed 0) plays the paper's pretrained chat model: every seed aligns that same model, as
 the paper aligns one LLaVA / Qwen2-VL / Chameleon checkpoint. The LLF notebooks run one subtask each and loop over its
 seeds with `llf_main_seed`, `ablation_seed`, `feedback_fraction_seed` (seed: alignment rows, training and sampling).
@@ -30,30 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from aa_lib import data, llf, mini, progress
+from aa_lib import data, llf, mini
+from aa_lib.policies import (FAMILIES, family_for, policy_for, policy_sft_examples, refine_examples,  # noqa: F401
+                             synthesis_config)
 from aa_lib.subtasks import get_subtask
-
-# The family each subtask trains at profile tiny (the paper's families, SPEC §1; t2t has no paper column: llama).
-# Image-output subtasks (t2i, ti2ti) run their cells in aa_lib.image_llf (Janus: the tiny family that decodes images).
-FAMILIES = {"t2t": "llama", "ti2t": "llava", "tv2t": "qwen2_vl", "ta2t": "qwen2_audio", "t2i": "janus",
-            "ti2ti": "janus"}
-PENDING: dict[str, str] = {}
-
-
-def family_for(subtask: str) -> str:
-    name = get_subtask(subtask).name
-    if name in FAMILIES:
-        return FAMILIES[name]
-    if name in PENDING:
-        raise NotImplementedError(f"{name}: the LLF experiments need image-output generation and DPO "
-                                  f"({PENDING[name]}, aa_lib.train.image_output), which are not available yet")
-    raise ValueError(f"{name}: the paper runs no LLF experiment on this subtask; supported: {', '.join(FAMILIES)}")
 
 
 @dataclass
 class Sizes:
-    """How big one (subtask, seed) cell is. Defaults fit `make figures` (5 subtasks x 3 seeds, 2 jobs, 30 min, 2
-    CPU cores).
+    """How big one (subtask, seed) cell is: `experiment_sizes` gives the shipped ones, per output kind (`SIZES`).
+    Defaults fit `make figures` (5 subtasks x 3 seeds, 2 jobs, 30 min, 2 CPU cores).
 
     The alignment set (`n_align`) is 64 rows; every method trains the epochs it trained on the 96 rows measured
     before (DPO and reward model 2, feedback model 5, PPO a quarter of the prompts), in 2/3 of the steps.
@@ -69,48 +56,57 @@ class Sizes:
     sft_steps: int = field(default=100, metadata={"help": "Optimizer steps of the policy's SFT."})
     sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
     feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
+    feedback_lr: float = field(default=1e-3, metadata={"help": "Learning rate of a feedback model."})
     dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
     reward_steps: int = field(default=8, metadata={"help": "Optimizer steps of a reward model."})
     ppo_episodes: int = field(default=16, metadata={"help": "PPO rollouts (prompts) in total."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy) in tokens."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy; ti2ti: its text) in tokens."})
     critique_tokens: int = field(default=40, metadata={"help": "Longest critique (feedback model) in tokens."})
-    max_length: int = field(default=256, metadata={"help": "Longest training sequence in tokens."})
+    max_length: int = field(default=256, metadata={"help": "Longest training sequence in tokens (text policies)."})
     gen_batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
-
-    @classmethod
-    def smoke(cls, **kw) -> "Sizes":
-        """Seconds-long sizes for tests and smoke runs (numbers mean nothing)."""
-        base = dict(n_sft=16, n_align=12, n_heldout=6, sft_steps=2, feedback_steps=2, dpo_steps=1, reward_steps=1,
-                    ppo_episodes=4, batch_size=4, max_new_tokens=6, critique_tokens=8, gen_batch_size=8)
-        return cls(**{**base, **kw})
+    vq_budget: str = field(default="tiny", metadata={
+        "help": "Image policies: `image_policy.BUDGETS` entry of the shared VQ fit (and the SFT's fresh rows)."})
+    ppo_prompts: int = field(default=8, metadata={"help": "Image policies: prompts per PPO iteration."})
+    ppo_samples: int = field(default=2, metadata={"help": "Image policies: images sampled per PPO prompt."})
 
 
-def sizes_from(params: dict) -> Sizes:
-    """A `Sizes` from a notebook's parameters (keys that are not Sizes fields are ignored)."""
-    names = set(Sizes.__dataclass_fields__)
-    return Sizes(**{k: v for k, v in params.items() if k in names})
+# The sizes of each output kind, at full and at smoke size (seconds-long, for tests; numbers then mean nothing): the
+# fields that differ from `Sizes`' defaults.
+# Image policies train from the VQ-fitted start in more, larger steps than the text policies (one code sequence per
+# prompt) on `vq_budget`'s fresh rows (t2i 800, ti2ti 8000), and align on 32 rows (image synthesis is the slow part).
+# Measured (seed 0, 48 held-out, greedy, 1 thread, two runs at once; % of the rubric maximum): t2i untrained 56.3;
+# refine_share 0.1, 450 steps: 67.3 (SFT 146 s); 0.25, 450 steps: 62.7 (138 s). ti2ti untrained 46.2; 0.1, 500
+# steps: 58.3 (SFT 198 s). 360 steps is cut from those for the 30-minute `make figures`; its scores are in the policy
+# runs' results and paper_figures/table2_main_results.md. Critique uptake (16 held-out prompts; y: the canonical
+# answer with one attribute wrong (t2i) or the edit not applied (ti2ti); c: the rubric's critique of y; y*: greedy
+# on [x, y, c]): the named attribute is right in y* t2i 31% (0.1) / 44% (0.25), ti2ti 44% (0.1), against 0% in y
+# and 50% / 25% / 62% in the plain greedy answer to x: the refinement prompt does not make the policy fix what the
+# critique names more than it does unprompted. A full-size ti2ti llf_main cell took 85 s (DPO 21, PPO 20, feedback
+# 17, synthesis 15, evaluations 12); an llf_feedback_fraction cell (3 fractions) 312 s on a more loaded machine.
+SIZES = {
+    ("text", False): {},
+    ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, sft_steps=2, feedback_steps=2, dpo_steps=1,
+                         reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6, critique_tokens=8,
+                         gen_batch_size=8),
+    ("image", False): dict(n_align=32, refine_share=0.1, sft_steps=360, sft_lr=5e-3),
+    ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
+                          dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
+                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke"),
+}
 
 
-def _image():
-    """aa_lib.image_llf: the cells of image-output subtasks (imported late: it imports this module)."""
-    from aa_lib import image_llf
-
-    return image_llf
-
-
-def _quiet(**kw) -> dict:
-    return dict(logging_steps=10, report_to="none", save_strategy="no", **progress.trainer_kwargs(), **kw)
+def experiment_sizes(smoke: bool, overrides: dict | None = None, subtask: str = "t2t") -> Sizes:
+    """The notebooks' sizes for a subtask: its output kind's row of `SIZES`, with `overrides` (Sizes fields) on
+    top."""
+    kind = "text" if get_subtask(subtask).text_output else "image"
+    return Sizes(**{**SIZES[kind, bool(smoke)], **(overrides or {})})
 
 
 # ---------------------------------------------------------------------------------------------------- data
 def world_rows(subtask: str, seed: int, sizes: Sizes, root=".cache/mini"):
-    """(SFT rows, alignment rows): disjoint rows of one mini train split (data seed = the run's seed). Image-output
-    subtasks take at most `image_llf.ImageSizes.max_pairs` alignment rows (image synthesis is the slow part)."""
-    n_align = sizes.n_align
-    if not get_subtask(subtask).text_output:
-        n_align = min(n_align, _image().image_sizes(sizes).max_pairs)
-    ds = mini.dataset(subtask, sizes.n_sft + n_align, seed=seed, root=root)
+    """(SFT rows, alignment rows): disjoint rows of one mini train split (data seed = the run's seed)."""
+    ds = mini.dataset(subtask, sizes.n_sft + sizes.n_align, seed=seed, root=root)
     return ds.select(range(sizes.n_sft)), ds.select(range(sizes.n_sft, len(ds)))
 
 
@@ -125,96 +121,33 @@ class HeldOut:
 
 def heldout(subtask: str, sizes: Sizes, root=".cache/mini") -> HeldOut:
     """The held-out prompts (the mini world's `heldout` stream; prompts identical to `mini.heldout_prompts`)."""
-    if not get_subtask(subtask).text_output:
-        return _image().heldout(subtask, sizes, root)
     name = get_subtask(subtask).name
+    fam = policy_for(name)
     ds = mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root)
     conv = data.to_sft(ds)  # one prompt example per row, in row order (to_prompts would deduplicate)
     if len(conv) != len(ds):
         raise RuntimeError(f"held-out {name}: {len(ds) - len(conv)} rows lost converting to prompts")
-    cols = [c for c in conv.column_names if c != "completion"]
-    examples = [{c: conv[i][c] for c in cols} for i in range(len(conv))]
-    return HeldOut(name, examples, list(ds["mini_meta"]))
-
-
-def _set_text(message: dict, text: str) -> dict:
-    if isinstance(message["content"], str):
-        return {"role": message["role"], "content": text}
-    return {"role": message["role"], "content": [{"type": "text", "text": text}]}
-
-
-def refine_examples(ds, n: int | None = None, seed: int = 0):
-    """Refinement SFT examples from annotated rows: prompt = [user x, assistant y_k, user "{critique_k}. Now, please
-    refine ..."] -> the row's preferred response (y_k is either response, so correct answers learn to stay)."""
-    st = get_subtask(ds.info.config_name)
-    fb = data.to_feedback_sft(ds)  # two examples per row (k = 1, 2), prompt media kept
-    if len(fb) != 2 * len(ds):
-        raise RuntimeError(f"{st.name}: {2 * len(ds) - len(fb)} responses without a critique")
-    target = data.to_sft(ds)["completion"]
-
-    def fn(prompt, completion, idx):
-        critique = completion[0]["content"] if isinstance(completion[0]["content"], str) else \
-            completion[0]["content"][0]["text"]
-        request = _set_text(prompt[2], llf.REFINE_TEMPLATE.format(critique=critique))
-        return {"prompt": [prompt[0], prompt[1], request], "completion": target[idx // 2]}
-
-    out = fb.map(fn, input_columns=["prompt", "completion"], with_indices=True, load_from_cache_file=False)
-    if n is not None and n < len(out):
-        out = out.select(np.sort(np.random.default_rng(seed).permutation(len(out))[:n]))
-    return out
-
-
-def policy_sft_examples(ds, refine_share: float, seed: int = 0):
-    """The policy's SFT mix: plain examples of every row plus `refine_share` x as many refinement examples."""
-    import datasets
-
-    plain = data.to_sft(ds)
-    n_ref = int(round(refine_share * len(plain)))
-    if n_ref == 0:
-        return plain
-    ref = refine_examples(ds, n_ref, seed).cast(plain.features)
-    return datasets.concatenate_datasets([plain, ref]).shuffle(seed=seed).flatten_indices()
+    return HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(ds["mini_meta"]))
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def _corpus() -> list[str]:
-    return mini.corpus() + [llf.REFINE_TEMPLATE, data.CRITIQUE_REQUEST, data.CRITIQUE_REQUEST_AUDIO]
-
-
-def build_untrained(subtask: str, out_dir, seed: int) -> Path:
-    """The tiny model of the subtask's family, built from config with a tokenizer trained on the mini corpus."""
-    from aa_lib.models import build_tiny
-
-    return build_tiny(family_for(subtask), out_dir, _corpus(), seed=seed)
+def build_untrained(subtask: str, out_dir, seed: int, sizes: Sizes | None = None) -> Path:
+    """The subtask's untrained policy (`policies.TextPolicy.start` / `ImagePolicy.start`)."""
+    return policy_for(subtask).start(subtask, out_dir, seed, sizes or experiment_sizes(False, subtask=subtask))
 
 
 def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mini") -> dict:
     """Build and SFT the initial policy into `out_dir/untrained` and `out_dir/policy`; returns paths and timings."""
-    if not get_subtask(subtask).text_output:
-        return _image().train_policy(subtask, out_dir, seed, sizes, root)
-    from aa_lib.train.sft import SFTConfig, train_sft
-
+    fam = policy_for(subtask)
     out_dir = Path(out_dir)
     t0 = time.time()
-    base = build_untrained(subtask, out_dir / "untrained", seed)
+    base = fam.start(subtask, out_dir / "untrained", seed, sizes)
     sft_rows, _ = world_rows(subtask, seed, sizes, root)
-    examples = policy_sft_examples(sft_rows, sizes.refine_share, seed)
-    cfg = SFTConfig(output_dir=str(out_dir / "policy"), max_steps=sizes.sft_steps, learning_rate=sizes.sft_lr,
-                    per_device_train_batch_size=sizes.batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-                    max_length=sizes.max_length, seed=seed, data_seed=seed, **_quiet())
+    examples = fam.sft_examples(subtask, sft_rows, sizes, seed)
     t1 = time.time()
-    policy = train_sft(cfg, base, examples)
+    policy = fam.train_sft(base, examples, out_dir / "policy", sizes, seed)
     return {"untrained": str(base), "policy": str(policy), "sft_examples": len(examples),
             "seconds_sft": round(time.time() - t1, 1), "seconds": round(time.time() - t0, 1)}
-
-
-def _load(model_or_path, family: str | None = None):
-    """(model, processor) from a folder, or the pair itself when already loaded."""
-    from aa_lib.models import load_model
-
-    if isinstance(model_or_path, tuple):
-        return model_or_path
-    return load_model(model_or_path, family=family)
 
 
 # ---------------------------------------------------------------------------------------------------- judging
@@ -240,14 +173,11 @@ def score_responses(subtask: str, metas: list[str], responses: list) -> dict:
 
 def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
     """Greedy responses of a policy to the held-out prompts, judged by the rubric (`score_responses`), with
-    a few example responses."""
-    if not get_subtask(held.subtask).text_output:
-        return _image().evaluate(model_or_path, held, sizes, seed)
-    model, proc = _load(model_or_path)
-    responses = llf.generate(model, proc, held.examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
-                             batch_size=sizes.gen_batch_size, seed=seed)
+    a few example responses (`examples`: as the family shows them; `responses`: all of them, not saved)."""
+    fam = policy_for(held.subtask)
+    responses = fam.respond(fam.load(model_or_path), held.subtask, held.examples, sizes, seed)
     out = score_responses(held.subtask, held.metas, responses)
-    out["examples"] = responses[:5]
+    out["examples"] = [fam.show(r) for r in responses[:5]]
     out["responses"] = responses
     return out
 
@@ -255,12 +185,10 @@ def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
 def respondent_scores(held: HeldOut, seed: int = 0, answer=None) -> dict:
     """Fig. 11's "other models": each simulated respondent of the mini world answers the held-out prompts (its
     faults drawn with `seed` and the prompt index) and is scored by the same rubric. `answer(item, faults, rng,
-    cfg)` writes one response (default: the respondent's text; image outputs pass their own)."""
-    if answer is None and not get_subtask(held.subtask).text_output:
-        return _image().respondent_scores(held, seed)
-    from aa_lib.mini.respondents import RESPONDENTS, respond_text, sample_faults
+    cfg)` writes one response (default: the policy family's, a text or a drawing)."""
+    from aa_lib.mini.respondents import RESPONDENTS, sample_faults
 
-    answer = answer or respond_text
+    answer = answer or policy_for(held.subtask).answer
     out = {}
     for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
         answers = []
@@ -275,21 +203,9 @@ def respondent_scores(held: HeldOut, seed: int = 0, answer=None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- methods
-def _dpo_config(subtask, out, sizes: Sizes, seed: int, profile: str):
-    from aa_lib.presets import make_config
-
-    return make_config("dpo", subtask, out, profile, max_steps=sizes.dpo_steps,
-                       per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
-                       data_seed=seed, **_quiet())
-
-
 def dpo(subtask: str, policy, pairs, out_dir, sizes: Sizes, seed: int, profile: str = "tiny") -> Path:
     """DPO from the policy on preference pairs (binary: `data.to_preference`; LLF: synthesized)."""
-    if not get_subtask(subtask).text_output:
-        return _image().dpo(subtask, policy, pairs, out_dir, sizes, seed, profile)
-    from aa_lib.train.dpo import train_dpo
-
-    return train_dpo(_dpo_config(subtask, out_dir, sizes, seed, profile), policy, pairs)
+    return policy_for(subtask).dpo(subtask, policy, pairs, out_dir, sizes, seed, profile)
 
 
 def feedback_steps_for(steps: int, fraction: float) -> int:
@@ -302,24 +218,16 @@ def feedback_steps_for(steps: int, fraction: float) -> int:
 def train_feedback(subtask: str, policy, align_rows, out_dir, sizes: Sizes, seed: int, fraction: float = 1.0,
                    profile: str = "tiny") -> Path:
     """A feedback model: SFT of the initial policy on the alignment rows' critiques (a `fraction` of the rows, for
-    `feedback_steps_for(sizes.feedback_steps, fraction)` steps)."""
-    if not get_subtask(subtask).text_output:
-        return _image().train_feedback(subtask, policy, align_rows, out_dir, sizes, seed, fraction, profile)
+    `feedback_steps_for(sizes.feedback_steps, fraction)` steps), loss on the critique only; an image response is
+    read through Janus's understanding path."""
+    from aa_lib.policies import quiet
     from aa_lib.presets import make_config
 
     cfg = make_config("feedback_model", subtask, out_dir, profile,
                       max_steps=feedback_steps_for(sizes.feedback_steps, fraction),
-                      per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
-                      data_seed=seed, learning_rate=sizes.sft_lr, **_quiet())
+                      per_device_train_batch_size=sizes.batch_size, seed=seed, data_seed=seed,
+                      learning_rate=sizes.feedback_lr, **policy_for(subtask).trainer_kw(sizes), **quiet())
     return llf.train_feedback_model(cfg, policy, align_rows, fraction=fraction)
-
-
-def synthesis_config(out_dir, target_size: int, sizes: Sizes, seed: int) -> llf.SynthesisConfig:
-    return llf.SynthesisConfig(
-        output_dir=str(out_dir), target_size=target_size, max_rounds=4, batch_size=sizes.gen_batch_size, seed=seed,
-        policy_generation=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
-        feedback_generation=llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),
-        refine_generation=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens))
 
 
 def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes: Sizes, seed: int):
@@ -327,16 +235,8 @@ def synthesize(policy, feedback, align_rows, out_dir, target_size: int, sizes: S
 
     None when every item was dropped (a policy that never ends its answers, or never changes them): a result to
     report, not a crash; the reasons are in `out_dir/report.json`."""
-    if not get_subtask(align_rows.info.config_name).text_output:
-        return _image().synthesize(policy, feedback, align_rows, out_dir, target_size, sizes, seed)
-    cfg = synthesis_config(out_dir, target_size, sizes, seed)
-    try:
-        return llf.synthesize_preferences(cfg, str(policy), data.to_prompts(align_rows),
-                                          None if feedback is None else str(feedback))
-    except ValueError as e:
-        if "was dropped" not in str(e):
-            raise
-        return None
+    fam = policy_for(align_rows.info.config_name)
+    return fam.synthesize(policy, feedback, align_rows, out_dir, target_size, sizes, seed)
 
 
 def synthesis_report(out_dir) -> dict:
@@ -347,47 +247,26 @@ def synthesis_report(out_dir) -> dict:
 
 def ppo(subtask: str, policy, reward_pairs, prompts, out_dir, sizes: Sizes, seed: int,
         profile: str = "tiny") -> tuple[Path, Path]:
-    """A reward model (from the policy) on `reward_pairs`, then PPO from the policy on `prompts`."""
-    if not get_subtask(subtask).text_output:
-        return _image().ppo(subtask, policy, reward_pairs, prompts, out_dir, sizes, seed, profile)
-    from aa_lib.presets import make_config
-    from aa_lib.train.common import save_trained
-    from aa_lib.train.ppo import train_ppo
-    from aa_lib.train.reward import load_reward_model, train_reward
-
-    out_dir = Path(out_dir)
-    rc = make_config("reward_model", subtask, out_dir / "reward", profile, max_steps=sizes.reward_steps,
-                     per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
-                     data_seed=seed, **_quiet())
-    rm_path = train_reward(rc, policy, reward_pairs)
-    reward_model, _ = load_reward_model(rm_path)
-    pc = make_config("ppo", subtask, out_dir / "policy", profile, total_episodes=sizes.ppo_episodes,
-                     per_device_train_batch_size=min(8, sizes.batch_size), num_mini_batches=1,
-                     response_length=sizes.max_new_tokens, max_length=sizes.max_length, seed=seed, data_seed=seed,
-                     **_quiet())
-    trainer = train_ppo(pc, policy, reward_model, prompts)
-    model = trainer.policy_model if hasattr(trainer, "policy_model") else trainer.model
-    return save_trained(model, trainer.processing_class, out_dir / "policy", source_path=policy), rm_path
+    """A reward model (from the policy) on `reward_pairs`, then PPO from the policy on `prompts`; returns (policy
+    folder, reward model folder)."""
+    return policy_for(subtask).ppo(subtask, policy, reward_pairs, prompts, out_dir, sizes, seed, profile)
 
 
 def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
     """Table 3: self-improve on held-out prompts with `feedback` (None: the policy critiques itself); the win rate
-    of y* over y judged by `mini.judge_pair` (ties count half), and the rubric scores of y and y*."""
-    if not get_subtask(held.subtask).text_output:
-        return _image().ablation(policy, feedback, held, sizes, seed)
-    pol = _load(policy)
-    fb = pol if feedback is None else _load(feedback)
-    res = llf.self_improve(pol[0], held.examples, fb[0], processor=pol[1], feedback_processor=fb[1],
-                           policy_options=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
-                           feedback_options=llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),
-                           refine_options=llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
-                           batch_size=sizes.gen_batch_size, seed=seed)
+    of y* over y judged by `mini.judge_pair` (ties count half), the share of changed responses, and the rubric
+    scores of y and y*."""
+    fam = policy_for(held.subtask)
+    pol = fam.load(policy)
+    fb = pol if feedback is None else fam.load(feedback)
+    res = fam.improve(pol, fb, held.subtask, held.examples, sizes, seed)
     ys, stars = [r["y"] for r in res], [r["y_star"] for r in res]
     wr = llf.win_rate(lambda i, a, b: mini.judge_pair(held.metas[i], a, b, held.subtask), ys, stars)
-    return {**wr, "win_rate": 100 * wr["win_rate"], "changed": 100 * float(np.mean([y != s for y, s in zip(ys, stars)])),
+    return {**wr, "win_rate": 100 * wr["win_rate"],
+            "changed": 100 * float(np.mean([not fam.same(y, s) for y, s in zip(ys, stars)])),
             "score_y": score_responses(held.subtask, held.metas, ys)["score"],
             "score_y_star": score_responses(held.subtask, held.metas, stars)["score"],
-            "examples": [{"y": r["y"], "c": r["c"], "y_star": r["y_star"]} for r in res[:4]]}
+            "examples": [{"y": fam.show(r["y"]), "c": r["c"], "y_star": fam.show(r["y_star"])} for r in res[:4]]}
 
 
 # ---------------------------------------------------------------------------------------------------- initial policy
@@ -510,9 +389,3 @@ def summary(evaluation: dict) -> dict:
 
 def sizes_dict(sizes: Sizes) -> dict:
     return asdict(sizes)
-
-
-def experiment_sizes(smoke: bool, overrides: dict | None = None) -> Sizes:
-    """The notebooks' sizes: defaults, or smoke sizes, with `overrides` (Sizes fields) on top."""
-    base = Sizes.smoke() if smoke else Sizes()
-    return Sizes(**{**asdict(base), **(overrides or {})})

@@ -5,7 +5,7 @@ starts from a tiny Janus whose VQ autoencoder is fitted to the mini world's cano
 fit per machine, shared by every seed and by t2i and ti2ti, process-safe; `start_model(seed)` puts it into the
 seed's own tiny Janus), runs a short image SFT on canonical targets (+ `extra_rows`) and measures rubric scores of
 greedy responses (`generate_responses`: t2i images; ti2ti text, then the image conditioned on prompt + text) on
-held-out prompts before and after. `prepare_t2i_policy` is the older t2i name.
+held-out prompts before and after.
 
 Why the SFT targets are "canonical" renders and not the dataset's preferred responses (measured by helper-10: SFT
 on the mini rows for ~60 s leaves the rubric score where it was): a row's preferred image is a simulated
@@ -254,11 +254,6 @@ def start_model(seed: int = 0, cache_dir=CACHE, budget: str | dict = "tiny") -> 
     return _cached_folder(Path(cache_dir) / f"janus-start-s{seed}-{vq.name.removeprefix('janus-vq-')}", build)
 
 
-def _fit_tokenizer(seed: int, b: dict, cache_dir: Path = CACHE) -> Path:
-    """Kept for callers of the old name: the start model of `seed` (see `start_model`)."""
-    return start_model(seed, cache_dir, b)
-
-
 def fit_vq(model_path, images, out_dir, steps: int, batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
            max_seconds: float | None = None, foreground_weight: float = 20.0, commitment: float = 0.25) -> Path:
     """`aa_lib.train.image_output.train_image_tokenizer` on clean targets, with the reconstruction error of shape
@@ -312,9 +307,9 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
     begin-of-image, codes) or EOS. Prompts are encoded exactly as in image-output SFT and generation (input images
     through the understanding path). temperature 0 is greedy; otherwise each prompt samples from its own generator
     seeded by (seed, its position in `examples`), so results do not depend on batch_size."""
-    from aa_lib.train.image_output import _generation_batch, _prompt_embeds, _prompt_example
+    from aa_lib.train.image_output import generation_batch, prompt_embeds, prompt_example
 
-    exs = [_prompt_example(policy_example(e, i), i) for i, e in enumerate(examples)]
+    exs = [prompt_example(policy_example(e, i), i) for i, e in enumerate(examples)]
     tok = processor.tokenizer
     boi = model.generation_config.generation_kwargs["boi_token_id"]
     stops = torch.tensor([boi, tok.eos_token_id])
@@ -326,9 +321,9 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
         for start in progress.bar(range(0, len(exs), batch_size), desc="generate", unit="batch"):
             chunk = exs[start:start + batch_size]
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
-            batch = _generation_batch(model, processor, chunk)
+            batch = generation_batch(model, processor, chunk)
             batch = {**batch, "input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1]}
-            embeds, ids, am = _prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
+            embeds, ids, am = prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
             pos = (am.cumsum(-1) - 1).clamp(min=0)
             out = lm(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=True)
             cache, pos = out.cache, pos[:, -1:]
@@ -429,12 +424,12 @@ def reconstruction(model_path, prompts: list[dict]) -> dict:
     """Scores of the prompts' canonical targets after the VQ round trip (ti2ti: with the ideal text): the ceiling
     of what SFT can reach."""
     from aa_lib.models import janus_decode_images
-    from aa_lib.train.image_output import _pil, janus_codes
+    from aa_lib.train.image_output import to_pil, janus_codes
 
     model, processor = load_model(model_path, family="janus")
     targets = [canonical_target(json.loads(r["mini_meta"])) for r in prompts]
     images = [t[1] if isinstance(t, tuple) else t for t in targets]
-    pv = processor.image_processor(images=[_pil(t) for t in images], return_tensors="pt")["pixel_values"]
+    pv = processor.image_processor(images=[to_pil(t) for t in images], return_tensors="pt")["pixel_values"]
     decoded = [np.asarray(im.convert("RGB")) for im in janus_decode_images(model, processor, janus_codes(model, pv))]
     return _scores(prompts, [{"text": t[0], "image": im} if isinstance(t, tuple) else im
                              for t, im in zip(targets, decoded)])
@@ -508,8 +503,3 @@ def prepare_image_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: s
     write_text_atomic(Path(path) / "aa_image_policy.json", json.dumps(report, indent=1))
     return path, report
 
-
-def prepare_t2i_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str | dict = "tiny",
-                       cache_dir=CACHE) -> tuple[Path, dict]:
-    """The t2i case of `prepare_image_policy` (the older name)."""
-    return prepare_image_policy(out_dir, seed=seed, subtask=subtask, budget=budget, cache_dir=cache_dir)

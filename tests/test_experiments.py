@@ -13,9 +13,9 @@ from aa_lib import data, experiments as E, figures, llf, mini
 from aa_lib.subtasks import get_subtask
 
 
-def test_family_table_and_pending_subtasks():
+def test_family_table():
     assert E.family_for("TI2T") == "llava" and E.family_for("ta2t") == "qwen2_audio"
-    assert E.family_for("t2i") == "janus" and E.family_for("ti2ti") == "janus"  # cells in aa_lib.image_llf
+    assert E.family_for("t2i") == "janus" and E.family_for("ti2ti") == "janus"  # policies.ImagePolicy
     with pytest.raises(ValueError, match="no LLF experiment"):
         E.family_for("t2a")
 
@@ -40,7 +40,7 @@ def test_refine_examples_carry_the_critique_and_target_the_preferred_response(tm
 
 
 def test_score_responses_and_respondents(tmp_path):
-    sizes = E.Sizes.smoke(n_heldout=40)
+    sizes = E.experiment_sizes(True, {"n_heldout": 40})
     held = E.heldout("t2t", sizes, root=tmp_path)
     same = [(json.loads(m)["prompt"], json.loads(m)["truth"]) for m in held.metas]
     assert same == [(json.loads(r["mini_meta"])["prompt"], json.loads(r["mini_meta"])["truth"])
@@ -82,12 +82,12 @@ def test_sft_policy_beats_untrained_on_the_rubric(tmp_path):
 
 
 @pytest.mark.parametrize("subtask", sorted(s for s in E.FAMILIES if get_subtask(s).text_output))
-def test_llf_loop_smoke(subtask, tmp_path):  # image outputs (t2i, ti2ti): tests/test_image_llf.py
+def test_llf_loop_smoke(subtask, tmp_path):  # image outputs (t2i, ti2ti): tests/test_image_cells.py
     """Policy -> feedback model -> synthesized pairs of the binary set's size -> DPO+LLF, and the Table 3 ablation,
     through aa_lib.experiments at smoke size. The policy is the untrained model (a 2-step SFT policy tends to end
     every answer at once, leaving no pairs); it rarely ends an answer, so truncated pairs are kept here
     (drop_truncated=False) to get pairs at all. Policy training itself is checked above."""
-    sizes = E.Sizes.smoke()
+    sizes = E.experiment_sizes(True, subtask=subtask)
     root = tmp_path / "mini"
     pol = E.build_untrained(subtask, tmp_path / "policy", 0)
     _, align = E.world_rows(subtask, 0, sizes, root=root)

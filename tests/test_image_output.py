@@ -13,7 +13,7 @@ from aa_lib import data, mini
 from aa_lib.collators import CollatorError
 from aa_lib.models import build_tiny, load_model
 from aa_lib.train.image_output import (ImageDPOConfig, ImageOutputCollator, ImagePPOConfig, ImageSFTConfig,
-                                       _generation_batch, _prompt_example, build_image_dpo_trainer,
+                                       generation_batch, prompt_example, build_image_dpo_trainer,
                                        build_image_sft_trainer, generate_images, janus_code_logps, response_logps,
                                        train_image_ppo, train_image_tokenizer)
 
@@ -122,7 +122,7 @@ def test_generate_images_seeded_and_batched(models, rows):
     greedy, codes = generate_images(model, proc, prompts, temperature=0, return_codes=True)
     guided = generate_images(model, proc, prompts, temperature=0, cfg_weight=3.0)
     assert not all(np.array_equal(x, y) for x, y in zip(greedy, guided))
-    batch = _generation_batch(model, proc, [_prompt_example(p, i) for i, p in enumerate(prompts)])
+    batch = generation_batch(model, proc, [prompt_example(p, i) for i, p in enumerate(prompts)])
     with torch.no_grad():
         lp = janus_code_logps(model, batch, codes)
         alt = janus_code_logps(model, batch, (codes + 1) % 64)
@@ -132,7 +132,7 @@ def test_generate_images_seeded_and_batched(models, rows):
     p1 = {"prompt": ex["prompt"], "images": ex["images"][:1], "completion": ex["completion"]}
     p2 = {**p1, "images": [np.zeros((32, 32, 3), np.uint8)]}
     _, c1 = generate_images(model, proc, [p1], temperature=0, return_codes=True)
-    b1, b2 = (_generation_batch(model, proc, [_prompt_example(p, 0)]) for p in (p1, p2))
+    b1, b2 = (generation_batch(model, proc, [prompt_example(p, 0)]) for p in (p1, p2))
     with torch.no_grad():
         assert not torch.allclose(janus_code_logps(model, b1, c1), janus_code_logps(model, b2, c1))
 

@@ -16,7 +16,7 @@ import torch
 
 from aa_lib import mini
 from aa_lib.image_policy import (canonical_image, canonical_images, canonical_target, generate_responses,
-                                 prepare_image_policy, prepare_t2i_policy, sft_rows, start_model, vq_tokenizer)
+                                 prepare_image_policy, sft_rows, start_model, vq_tokenizer)
 from aa_lib.media import load_image
 from aa_lib.mini import checker
 from aa_lib.models import load_model
@@ -97,11 +97,11 @@ def test_vq_cache_is_fitted_once_when_two_processes_ask_at_once(smoke_policy, tm
 @pytest.fixture(scope="module")
 def smoke_policy(tmp_path_factory):
     root = tmp_path_factory.mktemp("image_policy")
-    path, report = prepare_t2i_policy(root / "policy", seed=0, budget="smoke", cache_dir=root / "cache")
+    path, report = prepare_image_policy(root / "policy", seed=0, budget="smoke", cache_dir=root / "cache")
     return root, path, report
 
 
-def test_prepare_t2i_policy_reports_scores_before_and_after(smoke_policy):
+def test_prepare_image_policy_reports_scores_before_and_after(smoke_policy):
     _, _, report = smoke_policy
     assert {"budget", "untrained", "reconstruction", "sft", "timing", "code_loss"} <= set(report)
     for key in ("untrained", "reconstruction", "sft"):

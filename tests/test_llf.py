@@ -203,13 +203,14 @@ def test_interrupted_synthesis_resumes_without_redoing_items(world, tmp_path):
 
 
 def test_dpo_llf_trains_the_policy_on_synthesized_pairs(world, tmp_path):
-    from aa_lib.train.dpo import DPOConfig
+    from aa_lib.train.dpo import DPOConfig, train_dpo
 
     st = "t2t"
     syn = _config(tmp_path / "syn", target_size=4, batch_size=4)
     dpo = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=2, per_device_train_batch_size=4,
                     learning_rate=1e-3, max_length=128)
-    out = llf.dpo_llf(syn, dpo, world[st]["model"], world[st]["ds"], world[st].get("feedback"))
+    pairs = llf.synthesize_preferences(syn, world[st]["model"], world[st]["ds"], world[st].get("feedback"))
+    out = train_dpo(dpo, world[st]["model"], pairs)
     trained, _ = load_model(out)
     before, _ = load_model(world[st]["model"])
     assert any(not torch.equal(p, before.get_parameter(n)) for n, p in trained.named_parameters())
@@ -231,15 +232,17 @@ def test_self_improve_without_feedback_model(world):
 
 
 def test_ppo_llf_with_images(world, tmp_path):
-    from aa_lib.train.ppo import PPOConfig
-    from aa_lib.train.reward import RewardConfig
+    from aa_lib.train.ppo import PPOConfig, train_ppo
+    from aa_lib.train.reward import RewardConfig, load_reward_model, train_reward
 
     st = "ti2t"
     syn = _config(tmp_path / "syn", target_size=4, batch_size=4)
     rc = RewardConfig(output_dir=str(tmp_path / "rm"), max_steps=2, per_device_train_batch_size=4, max_length=128)
     pc = PPOConfig(output_dir=str(tmp_path / "ppo"), total_episodes=4, per_device_train_batch_size=2,
                    num_mini_batches=1, response_length=6, max_length=256, learning_rate=1e-3)
-    out = llf.ppo_llf(syn, rc, pc, world[st]["model"], world[st]["ds"])
+    pairs = llf.synthesize_preferences(syn, world[st]["model"], world[st]["ds"])
+    reward_model, _ = load_reward_model(train_reward(rc, world[st]["model"], llf.to_reward_pairs(pairs)))
+    out = train_ppo(pc, world[st]["model"], reward_model, data.to_prompts(world[st]["ds"]))
     assert (tmp_path / "rm").is_dir()
     trained, _ = load_model(out)
     before, _ = load_model(world[st]["model"])

@@ -183,7 +183,7 @@ def test_a_changed_aa_lib_file_reruns_the_runs_that_imported_it(root, tmp_path, 
     assert [o.status for o in runs.run_specs(["exp"], **quiet)] == ["done"]
     manifest = json.loads((root / "runs" / "exp" / "default" / "manifest.json").read_text())
     assert {"runs.py", "numerics.py", "subtasks.py", "reported/table2_main_results.csv"} <= set(manifest["code"])
-    assert "image_llf.py" not in manifest["code"] and "experiments.py" not in manifest["code"]
+    assert "policies.py" not in manifest["code"] and "experiments.py" not in manifest["code"]
     assert not (root / "runs" / "exp" / "default" / runs.PROVENANCE_FILE).exists()  # folded into the manifest
     num = manifest["numerics"]
     assert num["cpu_model"] and num["torch_threads"] == 1 and num["torch_cpu_capability"]

@@ -1,5 +1,6 @@
 """Learning from language feedback (LLF, paper Sec. 3.2 / Appx. 10.1, SPEC §3): feedback modeling, self-improving,
-preference synthesis, and the DPO+LLF / PPO+LLF pipelines.
+preference synthesis; DPO+LLF and PPO+LLF train aa_lib's DPO trainer, or a reward model then PPO, on the pairs
+(`aa_lib.experiments` composes them).
 
 1. `train_feedback_model`: SFT of a feedback model on (x, y) -> c, loss on the critique tokens only
    (conversation: user x; assistant y; user "Please provide a critique of the response."; assistant c).
@@ -9,7 +10,7 @@ preference synthesis, and the DPO+LLF / PPO+LLF pipelines.
    target by oversampling prompts, written to an append-only JSONL shard as it goes so that an interrupted run
    resumes without redoing finished items; the result is a `datasets.Dataset` in `aa_lib.data.to_preference`'s
    format, saved to disk.
-4. `dpo_llf` / `ppo_llf`: synthesis, then aa_lib's DPO trainer, or a reward model on the pairs followed by PPO.
+4. `win_rate`: Table 3's metric, the share of prompts whose self-improved response wins (ties count half).
 
 Every stage generates with `generate`: prompts batched with LEFT padding (aa_lib.collators.PromptCollator, which also
 runs the family's processor on images / video / audio) and the KV cache. Sampling is done per row by
@@ -18,10 +19,9 @@ it lands in or on batch order: batched and one-at-a-time generation agree, and a
 the uninterrupted one.
 """
 from aa_lib.llf.feedback import (REFINE_TEMPLATE, build_feedback_trainer, critique_example, feedback_sft_examples,
-                                 refine_example, self_improve, train_feedback_model)
+                                 refine_example, self_improve, train_feedback_model, win_rate)
 from aa_lib.llf.generation import (MEDIA_COLUMNS, Generation, GenerationOptions, example_key, generate,
                                    generate_detailed)
-from aa_lib.llf.pipelines import dpo_llf, online_llf, ppo_llf, train_llf_reward, win_rate
 from aa_lib.llf.synthesis import (SynthesisConfig, item_id, load_synthesized, normalize_ws, pair_filter,
                                   synthesize_preferences, to_reward_pairs)
 
@@ -29,6 +29,6 @@ __all__ = [
     "REFINE_TEMPLATE", "GenerationOptions", "Generation", "generate", "generate_detailed", "example_key",
     "critique_example", "refine_example", "train_feedback_model", "build_feedback_trainer", "feedback_sft_examples",
     "self_improve", "SynthesisConfig", "synthesize_preferences", "pair_filter", "item_id", "load_synthesized",
-    "to_reward_pairs", "normalize_ws", "dpo_llf", "ppo_llf", "online_llf", "train_llf_reward", "win_rate",
+    "to_reward_pairs", "normalize_ws", "win_rate",
     "MEDIA_COLUMNS",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -153,3 +154,23 @@ def _prompt_dataset(prompts, subtask=None):
 
         prompts = to_prompts(prompts, subtask=subtask)
     return prompts.select_columns(["prompt"] + [c for c in MEDIA_COLUMNS if c in prompts.column_names])
+
+
+def win_rate(judge: Callable[[int, str, str], int], responses: list[str], improved: list[str]) -> dict:
+    """Table 3's metric: share of prompts where the self-improved response wins against the initial one.
+
+    `judge(i, a, b)` returns 1 if `a` is better, 2 if `b` is better, 0 or "tie" for a tie (e.g. the mini world's
+    `judge_pair` on prompt i); ties count half.
+    """
+    if len(responses) != len(improved):
+        raise ValueError(f"win_rate: {len(responses)} initial vs {len(improved)} improved responses")
+    wins = ties = 0
+    for i, (y, s) in enumerate(zip(responses, improved)):
+        v = judge(i, s, y)
+        v = 0 if v == "tie" else v  # aa_lib.mini.judge_pair says "tie"
+        if v not in (0, 1, 2):
+            raise ValueError(f"win_rate: judge returned {v!r} for prompt {i} (expected 0, 1 or 2)")
+        wins += v == 1
+        ties += v == 0
+    n = len(responses)
+    return {"n": n, "wins": wins, "ties": ties, "losses": n - wins - ties, "win_rate": (wins + ties / 2) / max(n, 1)}

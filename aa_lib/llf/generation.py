@@ -111,7 +111,7 @@ def example_key(example: dict) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
-def _seed_of(seed: int, key: str) -> int:
+def seed_of(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -169,7 +169,7 @@ def generate_detailed(model, processor, examples: list[dict], options=None, batc
             procs = None
             if opts.do_sample:
                 procs = transformers.LogitsProcessorList(
-                    [_RowSampler([_seed_of(seed, k) for k in keys[start:start + len(chunk)]], opts)])
+                    [_RowSampler([seed_of(seed, k) for k in keys[start:start + len(chunk)]], opts)])
             with torch.no_grad():
                 seqs = model.generate(**batch, generation_config=gen_cfg, logits_processor=procs)
             new = seqs[:, batch["input_ids"].shape[1]:].cpu()

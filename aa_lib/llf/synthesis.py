@@ -75,7 +75,7 @@ def pair_filter(rec: dict, max_response_tokens: int | None, drop_truncated: bool
     return None
 
 
-def _read_shard(path: Path) -> dict[str, dict]:
+def read_shard(path: Path) -> dict[str, dict]:
     """Finished items of a shard by id. A torn last line (a crash mid-write) is cut off; any other bad line raises."""
     done: dict[str, dict] = {}
     if not path.exists():
@@ -104,18 +104,18 @@ def _read_shard(path: Path) -> dict[str, dict]:
     return done
 
 
-def _append(path: Path, records: list[dict]) -> None:
+def append_records(path: Path, records: list[dict]) -> None:
     with open(path, "ab") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records).encode())
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-def _check_meta(out: Path, meta: dict) -> None:
+def check_meta(out: Path, meta: dict) -> None:
     """A shard only resumes under the same settings (mixing two policies' items would be silent corruption)."""
     path = out / META
     if path.exists():
@@ -125,7 +125,7 @@ def _check_meta(out: Path, meta: dict) -> None:
             raise ValueError(f"{path}: the existing shard was made with other settings ({', '.join(diff)}: "
                              f"{[old.get(k) for k in diff]} vs {[meta.get(k) for k in diff]}); use a new output_dir")
     else:
-        _write_json_atomic(path, meta)
+        write_json_atomic(path, meta)
 
 
 def item_id(prompt_key: str, sample_index: int, seed: int) -> str:
@@ -149,12 +149,12 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
     P = _prompt_dataset(prompts, config.subtask)
     if len(P) == 0:
         raise ValueError("synthesize_preferences: no prompts")
-    _check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
+    check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
                       "feedback_model": str(feedback_model) if isinstance(feedback_model, (str, os.PathLike))
                       else None, "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
                                                 asdict(config.refine_generation)]})
     shard = out / SHARD
-    done = _read_shard(shard)
+    done = read_shard(shard)
     resumed = len(done)
     for rec in done.values():  # filters are re-applied, so changing them needs no regeneration
         rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
@@ -162,16 +162,10 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
     keys = [example_key(P[i]) for i in range(len(P))]
     rounds = config.max_rounds if config.target_size is not None else 1
     order = [(r, i, item_id(keys[i], r, config.seed)) for r in range(rounds) for i in range(len(P))]
-    target = config.target_size
-
     models = None  # loaded on first need: a finished shard rebuilds its dataset without any model
-    generated = 0
-    kept = 0
-    pending: list[tuple[int, int, str]] = []
-    bar = progress.bar(total=target or len(order), desc="synthesize", unit="pair" if target else "item")
 
-    def run(batch):
-        nonlocal models, generated
+    def make_records(batch):
+        nonlocal models
         if models is None:
             pol, proc = _as_model(policy, processor)
             fb, fproc = (pol, proc) if feedback_model is None else _as_model(feedback_model, feedback_processor)
@@ -185,8 +179,28 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
             rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
             rec["kept"] = rec["reason"] is None
             records.append(rec)
-            done[iid] = rec
-        _append(shard, records)
+        return records
+
+    generated = run_items(shard, done, order, config.target_size, config.batch_size, make_records, on_batch)
+    return _finalize(config, P, [done[iid] for _, _, iid in order if iid in done], resumed, generated)
+
+
+def run_items(shard: Path, done: dict[str, dict], order: list[tuple[int, int, str]], target: int | None,
+              batch_size: int, make_records: Callable[[list], list[dict]], on_batch=None) -> int:
+    """The resumable loop of every synthesis (text and image): the items (round, prompt index, id) of `order` not in
+    `done` go in batches through `make_records(batch)` (one record with "id" and "kept" per item), each batch
+    appended to `shard` and added to `done` before the next one, until `target` items are kept (None: every item).
+    Returns how many items were generated."""
+    generated = kept = 0
+    pending: list[tuple[int, int, str]] = []
+    bar = progress.bar(total=target or len(order), desc="synthesize", unit="pair" if target else "item")
+
+    def run(batch):
+        nonlocal generated
+        records = make_records(batch)
+        for rec in records:
+            done[rec["id"]] = rec
+        append_records(shard, records)
         generated += len(records)
         if on_batch is not None:
             on_batch(records)
@@ -202,24 +216,22 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
         pending.append((r, i, iid))
         # A batch never asks for more items than could still be needed to reach the target.
         need = None if target is None else target - kept
-        if len(pending) == config.batch_size or (need is not None and len(pending) >= need):
+        if len(pending) == batch_size or (need is not None and len(pending) >= need):
             kept += run(pending)
             pending = []
     if pending and (target is None or kept < target):
         kept += run(pending)
     bar.close()
-    return _finalize(config, P, [done[iid] for _, _, iid in order if iid in done], resumed, generated)
+    return generated
 
 
-def _finalize(config: SynthesisConfig, P, records: list[dict], resumed: int, generated: int):
-    """Write dataset/ and report.json atomically from the shard's records (in item order)."""
-    import datasets
-
-
-    out = Path(config.output_dir)
+def write_report(out: Path, records: list[dict], target: int | None, resumed: int,
+                 generated: int) -> tuple[list[dict], dict]:
+    """report.json (what was kept, dropped and why, the shortfall against `target`) from a synthesis's records in
+    item order; returns (the kept records, at most `target`; the report)."""
     kept = [r for r in records if r["kept"]]
-    if config.target_size is not None:
-        kept = kept[: config.target_size]
+    if target is not None:
+        kept = kept[:target]
     dropped = [{"id": r["id"], "prompt_index": r["prompt_index"], "sample_index": r["sample_index"],
                 "reason": r["reason"]} for r in records if not r["kept"]]
     counts: dict[str, int] = {}
@@ -227,13 +239,22 @@ def _finalize(config: SynthesisConfig, P, records: list[dict], resumed: int, gen
         kind = d["reason"].split(":", 1)[0]
         counts[kind] = counts.get(kind, 0) + 1
     report = {"items": len(records), "kept": len(kept), "dropped": len(dropped), "dropped_by_reason": counts,
-              "target_size": config.target_size,
-              "shortfall": max(0, config.target_size - len(kept)) if config.target_size is not None else 0,
+              "target_size": target, "shortfall": max(0, target - len(kept)) if target is not None else 0,
               "resumed_items": resumed, "generated_items": generated, "dropped_items": dropped}
-    _write_json_atomic(out / REPORT, report)
+    write_json_atomic(out / REPORT, report)
+    return kept, report
+
+
+def _finalize(config: SynthesisConfig, P, records: list[dict], resumed: int, generated: int):
+    """Write dataset/ and report.json atomically from the shard's records (in item order)."""
+    import datasets
+
+    out = Path(config.output_dir)
+    kept, report = write_report(out, records, config.target_size, resumed, generated)
     if not kept:
         raise ValueError(f"synthesize_preferences: every one of {len(records)} items was dropped "
-                         f"({counts}); nothing to train on (see {out / SHARD} and {out / REPORT})")
+                         f"({report['dropped_by_reason']}); nothing to train on (see {out / SHARD} and "
+                         f"{out / REPORT})")
     sel = P.select([r["prompt_index"] for r in kept])
     msgs = P.features["prompt"]
     typed = not isinstance(msgs.feature["content"], datasets.Value) if hasattr(msgs, "feature") else True

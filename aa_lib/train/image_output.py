@@ -1,6 +1,6 @@
 """Image outputs (T2I, TI2TI): SFT, generation, DPO and PPO on the VQ codes of images, for Janus and Chameleon.
 
-Public API (aa_lib.experiments calls these for t2i / ti2ti):
+Public API (aa_lib.policies.ImagePolicy calls these for t2i / ti2ti):
 - `train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path`: next-token loss on the response (text
   tokens and the target image's VQ codes; prompt masked). A full model folder goes to `config.output_dir`.
 - `generate_images(model, processor, prompts, seed=0, batch_size=8, temperature=1.0, cfg_weight=1.0)`
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import transformers
 
 from aa_lib import progress
-from aa_lib.collators import CollatorError, ImageOutputSFTCollator, _count_media_parts, example_name
+from aa_lib.collators import CollatorError, ImageOutputSFTCollator, count_media_parts, example_name
 from aa_lib.models import get_family, janus_decode_images, load_model
 from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
 
@@ -88,7 +88,7 @@ def _output_example(ex: dict, index: int, side: str | None = None) -> dict:
     prompt = ex["prompt"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-    n_prompt = _count_media_parts(prompt)["image"] if isinstance(prompt, list) else 0
+    n_prompt = count_media_parts(prompt)["image"] if isinstance(prompt, list) else 0
     images = list(ex.get("images") or [])
     if side is not None:
         if f"{side}_images" not in ex or side not in ex:
@@ -333,7 +333,7 @@ def train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=
 # Generation (Janus)
 
 
-def _prompt_example(p, index: int) -> dict:
+def prompt_example(p, index: int) -> dict:
     """A prompt for generation: a string, a list of messages, or a dict with `prompt` (+ `images`, `completion`)."""
     if isinstance(p, str):
         return {"prompt": [{"role": "user", "content": [{"type": "text", "text": p}]}], "images": []}
@@ -354,7 +354,7 @@ def _response_text(completion) -> str:
     return text
 
 
-def _generation_batch(model, processor, examples: list[dict]) -> dict:
+def generation_batch(model, processor, examples: list[dict]) -> dict:
     """Left-padded prompts ending with begin-of-image (+ ti2ti response text before it), with input images."""
     coll = ImageOutputSFTCollator(processor, "janus")
     tok = coll.tokenizer
@@ -380,7 +380,7 @@ def _generation_batch(model, processor, examples: list[dict]) -> dict:
     return out
 
 
-def _prompt_embeds(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prompt_embeds(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input embeddings, input ids, attention mask) of a left-padded Janus prompt batch, input images embedded
     through the understanding path."""
     device = model.device
@@ -399,7 +399,7 @@ def _prompt_embeds(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
 def janus_code_logps(model, batch: dict, codes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(B, N) log-probs of image `codes` after left-padded prompts ending with begin-of-image (teacher forced;
     the distribution `sample_image_codes` samples from at the same temperature, without guidance)."""
-    embeds, ids, am = _prompt_embeds(model, batch)
+    embeds, ids, am = prompt_embeds(model, batch)
     codes = codes.to(model.device)
     embeds = torch.cat([embeds, model.prepare_embeddings_for_image_generation(codes)], dim=1)
     am = torch.cat([am, torch.ones_like(codes)], dim=1)
@@ -423,7 +423,7 @@ def sample_image_codes(model, batch: dict, generators: list[torch.Generator], te
     """
     pad = model.generation_config.pad_token_id or 0
     lm = model.model.language_model
-    embeds, ids, am = _prompt_embeds(model, batch)
+    embeds, ids, am = prompt_embeds(model, batch)
     device, B = ids.device, len(ids)
     guided = cfg_weight != 1.0
     if guided:
@@ -464,7 +464,7 @@ def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 
     if model.config.model_type != "janus":
         raise ValueError(f"generate_images needs a Janus model (Chameleon has no VQ decoder in transformers), "
                          f"got {model.config.model_type}")
-    examples = [_prompt_example(p, i) for i, p in enumerate(prompts)]
+    examples = [prompt_example(p, i) for i, p in enumerate(prompts)]
     was_training = model.training
     model.eval()
     images, all_codes = [], []
@@ -472,7 +472,7 @@ def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 
         for start in progress.bar(range(0, len(examples), batch_size), desc="generate images", unit="batch"):
             chunk = examples[start:start + batch_size]
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
-            codes = sample_image_codes(model, _generation_batch(model, processor, chunk), gens, temperature,
+            codes = sample_image_codes(model, generation_batch(model, processor, chunk), gens, temperature,
                                        cfg_weight)
             all_codes.append(codes)
             images += [np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -540,7 +540,7 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
     for it in range(config.num_iterations):
         pick = rng.integers(len(examples), size=config.prompts_per_iteration)
         chunk = [examples[i] for i in pick for _ in range(config.samples_per_prompt)]
-        batch = _generation_batch(policy, processor, [_prompt_example(e, i) for i, e in enumerate(chunk)])
+        batch = generation_batch(policy, processor, [prompt_example(e, i) for i, e in enumerate(chunk)])
         gens = [torch.Generator().manual_seed(config.seed * 1_000_003 + it * 10_007 + i) for i in range(len(chunk))]
         policy.eval()
         codes = sample_image_codes(policy, batch, gens, config.temperature)
@@ -601,13 +601,13 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
     torch.manual_seed(seed)
     vq = model.model.vqmodel
     vq.train()
-    pixels = processor.image_processor(images=[_pil(im) for im in images], return_tensors="pt")["pixel_values"]
+    pixels = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")["pixel_values"]
     targets = _median3(pixels) if denoise else pixels
     weight = None
     if foreground_weight != 1.0:
         from aa_lib.mini.world import BACKGROUND
 
-        bg = processor.image_processor(images=[_pil(np.full((32, 32, 3), BACKGROUND, np.uint8))],
+        bg = processor.image_processor(images=[to_pil(np.full((32, 32, 3), BACKGROUND, np.uint8))],
                                        return_tensors="pt")["pixel_values"]
         weight = 1.0 + (foreground_weight - 1.0) * ((pixels - bg).abs().amax(1, keepdim=True) > 0.1).float()
     with torch.no_grad():
@@ -664,7 +664,7 @@ def _median3(x: torch.Tensor) -> torch.Tensor:
     return patches.view(B, C, 9, H * W).median(dim=2).values.view(B, C, H, W)
 
 
-def _pil(im):
+def to_pil(im):
     from PIL import Image
 
     if isinstance(im, np.ndarray):

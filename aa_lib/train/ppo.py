@@ -33,7 +33,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from aa_lib.collators import PromptCollator
 from aa_lib.models import family_for_model_type, get_family, load_model, media_token_ids
-from aa_lib.train.common import AAOptions, load_for_training, peft_config_for
+from aa_lib.train.common import AAOptions, load_for_training, peft_config_for, save_trained
 
 # Keys of a prompt batch that are not media: everything else goes to every model's forward and `generate`.
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -386,19 +386,24 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
     return advantages, advantages + values
 
 
-def train_ppo(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None,
-              eval_dataset=None) -> PPOTrainer:
+def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None,
+                      eval_dataset=None) -> PPOTrainer:
     """PPO from the policy checkpoint `policy_path` (frozen towers / LoRA as `args` says): the reference is a frozen
-    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given.
-    Returns the trained trainer (`trainer.policy_model`); save with `aa_lib.train.common.save_trained`."""
+    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given."""
     policy, processor, family = load_for_training(policy_path, args)
     peft = peft_config_for(policy, family, args)
     ref = None
     if peft is None:
         ref, _ = load_model(policy_path, family=family)
     value_model = value_model if value_model is not None else build_score_model(policy_path, family, seed=args.seed)
-    trainer = PPOTrainer(args=args, processing_class=processor, model=policy, ref_model=ref,
-                         reward_model=reward_model, train_dataset=train_dataset, value_model=value_model,
-                         eval_dataset=eval_dataset, peft_config=peft)
+    return PPOTrainer(args=args, processing_class=processor, model=policy, ref_model=ref, reward_model=reward_model,
+                      train_dataset=train_dataset, value_model=value_model, eval_dataset=eval_dataset,
+                      peft_config=peft)
+
+
+def train_ppo(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None, eval_dataset=None):
+    """`build_ppo_trainer`, train, and save the policy (adapters merged) to `args.output_dir`; returns that folder,
+    as the other trainers do."""
+    trainer = build_ppo_trainer(args, policy_path, reward_model, train_dataset, value_model, eval_dataset)
     trainer.train()
-    return trainer
+    return save_trained(trainer.policy_model, trainer.processing_class, args.output_dir, source_path=policy_path)

@@ -1,9 +1,10 @@
-"""aa_lib.image_llf: the LLF cells for image outputs at smoke size (t2i and ti2ti): the policy's SFT mix, the feedback
-model's loss on critique tokens only, synthesized pairs that differ, survive a reload and resume after an
-interruption without redoing finished items, DPO that moves the weights, and the cell results' shapes.
+"""The LLF cells of aa_lib.experiments (the same functions the text cells run) on image outputs
+(aa_lib.policies.ImagePolicy) at smoke size, t2i and ti2ti: the policy's SFT mix, the feedback model's loss on
+critique tokens only, synthesized pairs that differ, survive a reload and resume after an interruption without
+redoing finished items, DPO that moves the weights, and the cell results' shapes.
 
 Whether the SFT policy beats the untrained one is a measurement at full size (~4 min, too slow here); its numbers
-are in the report of the run that chose `image_sizes`."""
+are in the comment on `experiments.SIZES`."""
 import json
 import os
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from aa_lib import data, experiments as E, image_llf as IL, llf, mini
+from aa_lib import data, experiments as E, llf, mini, policies as P
 from aa_lib.models import load_model
 
 
@@ -25,7 +26,7 @@ def cell(request, tmp_path_factory):
     subtask = request.param
     out = tmp_path_factory.mktemp(subtask)
     root = out / "mini"
-    sizes = E.Sizes.smoke()
+    sizes = E.experiment_sizes(True, subtask=subtask)
     held = E.heldout(subtask, sizes, root=root)
     trained = E.train_policy(subtask, out, 0, sizes, root=root)
     _, align = E.world_rows(subtask, 0, sizes, root)
@@ -34,17 +35,20 @@ def cell(request, tmp_path_factory):
 
 
 def test_sizes_and_dispatch():
-    assert IL.image_sizes(E.Sizes.smoke()).smoke and not IL.image_sizes(E.Sizes()).smoke
+    assert E.experiment_sizes(True, subtask="t2i").vq_budget == "smoke"
+    assert E.experiment_sizes(False, subtask="ti2ti").vq_budget == "tiny"
+    assert E.experiment_sizes(False, subtask="t2i").n_align == 32  # the image cells align on 32 rows
     assert E.family_for("t2i") == "janus" and E.family_for("TI2TI") == "janus"
-    with pytest.raises(ValueError, match="t2i and ti2ti"):
-        IL.heldout("t2a", E.Sizes.smoke())
+    assert isinstance(P.policy_for("ti2ti"), P.ImagePolicy) and isinstance(P.policy_for("ti2t"), P.TextPolicy)
+    with pytest.raises(ValueError, match="no LLF experiment"):
+        E.heldout("t2a", E.experiment_sizes(True, subtask="t2a"))
 
 
 def test_policy_sft_rows_target_the_canonical_answer(tmp_path):
     from aa_lib.image_policy import sft_rows
 
     ds = mini.dataset("ti2ti", 4, seed=1, root=tmp_path)
-    rows = IL.policy_sft_rows("ti2ti", ds, 6, 0.5, seed=0)
+    rows = P.policy_sft_rows("ti2ti", ds, 6, 0.5, seed=0)
     assert len(rows) == 6 + 3
     plain = [r for r in rows if not r["id"].startswith("refine")]
     fresh = {r["id"]: r for r in sft_rows("ti2ti", 6, 0)}  # the plain examples are image_policy's fresh rows
@@ -59,7 +63,7 @@ def test_policy_sft_rows_target_the_canonical_answer(tmp_path):
         assert r["prompt"][0] == data.to_sft(ds.select([int(r["id"].rsplit("-r", 1)[1])]))[0]["prompt"][0]
         answer = {"text": r["completion"][0]["content"][0]["text"], "image": r["completion_images"][0]}
         assert mini.rubric_score(meta, answer)["overall"] == E.max_overall("ti2ti")  # x's canonical answer
-    t2i = IL.policy_sft_rows("t2i", mini.dataset("t2i", 2, seed=1, root=tmp_path), 3, 2.0, seed=0)
+    t2i = P.policy_sft_rows("t2i", mini.dataset("t2i", 2, seed=1, root=tmp_path), 3, 2.0, seed=0)
     refs = [r["id"] for r in t2i if r["id"].startswith("refine")]
     assert len(refs) == 6 and len({i.rsplit("-r", 1)[1] for i in refs}) == 2  # 4 responses, drawn again when used
     assert all(isinstance(r["prompt"], list) for r in t2i)  # one layout: the t2i prompt strings become user turns
@@ -88,9 +92,8 @@ def test_feedback_loss_on_critique_tokens_only(cell):
 def test_synthesis_pairs_differ_reload_and_resume(cell, tmp_path, monkeypatch):
     sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
     feedback = cell.get("feedback")
-    small = replace(IL.image_sizes(sizes), gen_batch_size=2)
-    monkeypatch.setattr(IL, "image_sizes", lambda s: small)
-    synth = E.synthesize(policy, feedback, cell["align"], tmp_path / "a", 6, sizes, 0)
+    small = replace(sizes, gen_batch_size=2)
+    synth = E.synthesize(policy, feedback, cell["align"], tmp_path / "a", 6, small, 0)
     rep = E.synthesis_report(tmp_path / "a")
     assert rep["kept"] == len(synth) > 0 and rep["items"] == rep["kept"] + rep["dropped"]
     for row in synth:
@@ -100,7 +103,7 @@ def test_synthesis_pairs_differ_reload_and_resume(cell, tmp_path, monkeypatch):
     assert [np.asarray(r["chosen_images"][0]).tolist() for r in again] == \
         [np.asarray(r["chosen_images"][0]).tolist() for r in synth]
 
-    real, calls = IL.improve_images, []
+    real, calls = P.improve_images, []
 
     def interrupted(*args, **kw):
         calls.append(len(args[5]))
@@ -108,13 +111,13 @@ def test_synthesis_pairs_differ_reload_and_resume(cell, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kw)
 
-    monkeypatch.setattr(IL, "improve_images", interrupted)
+    monkeypatch.setattr(P, "improve_images", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, sizes, 0)
+        E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, small, 0)
     shard = [json.loads(line) for line in (tmp_path / "b" / "synthesis.jsonl").read_text().splitlines()]
     assert len(shard) == 2
-    monkeypatch.setattr(IL, "improve_images", real)
-    resumed = E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, sizes, 0)
+    monkeypatch.setattr(P, "improve_images", real)
+    resumed = E.synthesize(policy, feedback, cell["align"], tmp_path / "b", 6, small, 0)
     rep_b = E.synthesis_report(tmp_path / "b")
     assert rep_b["resumed_items"] == 2 and rep_b["generated_items"] == rep["items"] - 2
     assert [np.asarray(r["rejected_images"][0]).tolist() for r in resumed] == \
@@ -145,11 +148,11 @@ def test_ppo_with_a_reward_model_over_response_images(cell):
     sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
     pairs = data.to_reward_pairs(cell["align"])
     ppo_path, rm_path = E.ppo(sub, policy, pairs, data.to_prompts(cell["align"]), cell["out"] / "ppo", sizes, 0)
-    fn = IL.reward_fn_of(rm_path)
-    ex = IL._prompt_of(data.to_prompts(cell["align"])[0])
+    fn = P.reward_fn_of(rm_path)
+    ex = P.prompt_of(data.to_prompts(cell["align"])[0])
     img = np.full((32, 32, 3), 235, np.uint8)
     if sub == "ti2ti":
-        ex["completion"] = [IL._image_turn("the circle is red .")]
+        ex["completion"] = [P.image_turn("the circle is red .")]
     r = fn([ex, ex], [img, img])
     assert len(r) == 2 and np.isfinite(r).all() and abs(r[0] - r[1]) < 1e-5 * (1 + abs(r[0]))
     assert (ppo_path / "aa_image_ppo.json").exists()
