@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from aa_lib import eval_mini as em
 from aa_lib.eval_anything import AMU_CATEGORIES, amg_if_request, amu_request, load_amu, mcq_score

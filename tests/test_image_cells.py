@@ -90,7 +90,7 @@ def test_feedback_loss_on_critique_tokens_only(cell):
 
 
 def test_synthesis_pairs_differ_reload_and_resume(cell, tmp_path, monkeypatch):
-    sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
+    sizes, policy = cell["sizes"], cell["trained"]["policy"]
     feedback = cell.get("feedback")
     small = replace(sizes, gen_batch_size=2)
     synth = E.synthesize(policy, feedback, cell["align"], tmp_path / "a", 6, small, 0)

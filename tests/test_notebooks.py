@@ -1,7 +1,6 @@
 """Every notebook is parameterized, every run spec names a real notebook, and every spec runs at smoke size."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import nbformat
 import pytest

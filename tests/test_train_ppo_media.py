@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aa_lib.models import build_tiny, load_model
-from tests.test_train_rl import CORPUS, PAIRS, msg, snapshot, unchanged
+from tests.test_train_rl import CORPUS, PAIRS, snapshot, unchanged
 
 
 def video(seed):
