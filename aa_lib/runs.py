@@ -285,11 +285,15 @@ def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: b
     gets "busy" instead of deleting the first one's work in progress."""
     lock_path = Path(runs_root) / spec.name / f".{run}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path, timeout=0)
     try:
-        with FileLock(lock_path, timeout=0):
-            return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+        lock.acquire()
     except Timeout:
         return RunOutcome(spec.name, run, "busy", error=f"another process is executing it (lock {lock_path})")
+    try:
+        return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+    finally:
+        lock.release()
 
 
 def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figures_dir, deps) -> RunOutcome:
