@@ -184,11 +184,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _package_files(root: Path, sources: bool = True) -> list[str]:
+    """Files of the package under `root` (relative paths), without bytecode; `sources=False`: data files only."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts
+                  and (sources or p.suffix != ".py"))
+
+
 def imported_aa_lib_files() -> list[str]:
     """The package files this process has used: every imported aa_lib module's source, and every data file (the
     reported CSVs are read by path, not imported). Paths relative to PACKAGE_ROOT."""
-    files = {str(p.relative_to(PACKAGE_ROOT)) for p in PACKAGE_ROOT.rglob("*")
-             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    files = set(_package_files(PACKAGE_ROOT, sources=False))
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if (name == "aa_lib" or name.startswith("aa_lib.")) and path:
@@ -202,8 +208,7 @@ def code_hashes(files: list[str] | None = None, root: Path | None = None) -> dic
     """sha256 of package files (relative paths; default: every file of the package) under `root` (PACKAGE_ROOT)."""
     root = Path(root or PACKAGE_ROOT)
     if files is None:
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                       if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts)
+        files = _package_files(root)
     return {f: (_sha((root / f).read_bytes()) if (root / f).is_file() else "missing") for f in files}
 
 
