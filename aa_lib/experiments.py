@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from aa_lib import data, llf, mini
+from aa_lib.inputs import BenchmarkHeldOut, Inputs
 from aa_lib.policies import (FAMILIES, family_for, policy_for, policy_sft_examples, refine_examples,  # noqa: F401
                              synthesis_config)
 from aa_lib.subtasks import get_subtask
@@ -94,33 +95,58 @@ SIZES = {
                           dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
                           critique_tokens=8, gen_batch_size=8, vq_budget="smoke"),
 }
+# Profile paper: the checkpoint is aligned as it is (no SFT), on every row of the user's data, scored on every item
+# of the benchmarks; None leaves a trainer's steps, batch, learning rate and length to Tables 5-8
+# (`presets.make_config`). The responses' lengths are the paper's generation budgets.
+PAPER_SIZES = dict(n_sft=0, n_align=None, n_heldout=None, feedback_steps=None, feedback_lr=None, dpo_steps=None,
+                   reward_steps=None, ppo_episodes=None, batch_size=None, max_length=None, max_new_tokens=512,
+                   critique_tokens=512, gen_batch_size=8)
+PAPER_SMOKE = dict(n_align=8, n_heldout=4, feedback_steps=1, dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=2,
+                   max_length=256, max_new_tokens=8, critique_tokens=8)  # the rehearsal's tests: seconds per stage
 
 
-def experiment_sizes(smoke: bool, overrides: dict | None = None, subtask: str = "t2t") -> Sizes:
-    """The notebooks' sizes for a subtask: its output kind's row of `SIZES`, with `overrides` (Sizes fields) on
-    top."""
+def experiment_sizes(smoke: bool, overrides: dict | None = None, subtask: str = "t2t", profile: str = "tiny") -> Sizes:
+    """The notebooks' sizes for a subtask: its output kind's row of `SIZES` (profile paper: `PAPER_SIZES`), with
+    `overrides` (Sizes fields) on top."""
     kind = "text" if get_subtask(subtask).text_output else "image"
-    return Sizes(**{**SIZES[kind, bool(smoke)], **(overrides or {})})
+    base = {**PAPER_SIZES, **(PAPER_SMOKE if smoke else {})} if profile == "paper" else SIZES[kind, bool(smoke)]
+    return Sizes(**{**base, **(overrides or {})})
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def world_rows(subtask: str, seed: int, sizes: Sizes, root=".cache/mini"):
-    """(SFT rows, alignment rows): disjoint rows of one mini train split (data seed = the run's seed)."""
+def world_rows(subtask: str, seed: int, sizes: Sizes, root=".cache/mini", inputs: Inputs | None = None):
+    """(SFT rows, alignment rows): disjoint rows of one mini train split (data seed = the run's seed); with
+    `inputs.data` (profile paper), no SFT rows and the user's align-anything rows, shuffled with the seed (`n_align`
+    of them when set), whose critiques train the feedback model and whose preferences are the binary pairs."""
+    if inputs is not None and inputs.data:
+        ds = data.load(inputs.data, subtask, media_root=inputs.media_root, column_map=inputs.column_map)
+        ds = ds.shuffle(seed=seed)
+        return ds.select([]), ds.select(range(min(sizes.n_align or len(ds), len(ds))))
     ds = mini.dataset(subtask, sizes.n_sft + sizes.n_align, seed=seed, root=root)
     return ds.select(range(sizes.n_sft)), ds.select(range(sizes.n_sft, len(ds)))
 
 
 @dataclass
 class HeldOut:
-    """Held-out prompts as generation examples, with the hidden truth (mini_meta) the rubric judges against."""
+    """Held-out prompts as generation examples, with the hidden truth (mini_meta) the rubric judges against.
+    Profile paper: `inputs.BenchmarkHeldOut`, the same `score` and `judge_pair` over the Table 2 benchmarks."""
 
     subtask: str
     examples: list[dict]
     metas: list[str]
 
+    def score(self, responses: list) -> dict:
+        return score_responses(self.subtask, self.metas, responses)
 
-def heldout(subtask: str, sizes: Sizes, root=".cache/mini") -> HeldOut:
-    """The held-out prompts (the mini world's `heldout` stream; prompts identical to `mini.heldout_prompts`)."""
+    def judge_pair(self, i: int, a, b):
+        return mini.judge_pair(self.metas[i], a, b, self.subtask)
+
+
+def heldout(subtask: str, sizes: Sizes, root=".cache/mini", inputs: Inputs | None = None, cache_dir=None):
+    """The held-out prompts (the mini world's `heldout` stream; prompts identical to `mini.heldout_prompts`), or
+    with `inputs.benchmarks` (profile paper) the benchmarks' items, judged with replies cached under `cache_dir`."""
+    if inputs is not None and inputs.benchmarks:
+        return BenchmarkHeldOut(get_subtask(subtask).name, inputs, cache_dir or judge_cache(), sizes.n_heldout)
     name = get_subtask(subtask).name
     fam = policy_for(name)
     ds = mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root)
@@ -128,6 +154,22 @@ def heldout(subtask: str, sizes: Sizes, root=".cache/mini") -> HeldOut:
     if len(conv) != len(ds):
         raise RuntimeError(f"held-out {name}: {len(ds) - len(conv)} rows lost converting to prompts")
     return HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(ds["mini_meta"]))
+
+
+def cell_inputs(profile: str, params: dict | None) -> Inputs:
+    """The notebook parameter `inputs` as `Inputs`; profile paper needs at least the checkpoint and the data."""
+    inputs = Inputs.of(params)
+    if profile == "paper" and not (inputs.policy and inputs.data):
+        raise ValueError("profile paper needs the subtask's checkpoint and data in `inputs`: run it with "
+                         "`python -m aa_lib.runs SPEC --profile paper --inputs paths.yaml` (see aa_lib.inputs)")
+    return inputs
+
+
+def judge_cache() -> Path:
+    """Where judges cache their replies across runs (a rerun asks nothing it asked before): the runs root."""
+    from aa_lib.runs import runs_root_default
+
+    return Path(runs_root_default()) / ".judge_cache"
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -176,7 +218,7 @@ def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
     a few example responses (`examples`: as the family shows them; `responses`: all of them, not saved)."""
     fam = policy_for(held.subtask)
     responses = fam.respond(fam.load(model_or_path), held.subtask, held.examples, sizes, seed)
-    out = score_responses(held.subtask, held.metas, responses)
+    out = held.score(responses)
     out["examples"] = [fam.show(r) for r in responses[:5]]
     out["responses"] = responses
     return out
@@ -188,6 +230,8 @@ def respondent_scores(held: HeldOut, seed: int = 0, answer=None) -> dict:
     cfg)` writes one response (default: the policy family's, a text or a drawing)."""
     from aa_lib.mini.respondents import RESPONDENTS, sample_faults
 
+    if not isinstance(held, HeldOut):
+        return {}  # profile paper: the mini world's respondents answer only mini prompts
     answer = answer or policy_for(held.subtask).answer
     out = {}
     for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
@@ -208,11 +252,11 @@ def dpo(subtask: str, policy, pairs, out_dir, sizes: Sizes, seed: int, profile: 
     return policy_for(subtask).dpo(subtask, policy, pairs, out_dir, sizes, seed, profile)
 
 
-def feedback_steps_for(steps: int, fraction: float) -> int:
+def feedback_steps_for(steps: int | None, fraction: float) -> int | None:
     """Steps of a feedback model trained on a `fraction` of the critiques: the same number of epochs as on all of
     them (the paper's presets count epochs, Tables 5-8), so Fig. 5's 25 % model sees its rows as often as the
-    100 % model sees all rows."""
-    return max(1, int(round(steps * fraction)))
+    100 % model sees all rows. None (profile paper): the preset's epochs, which already count that way."""
+    return None if steps is None else max(1, int(round(steps * fraction)))
 
 
 def train_feedback(subtask: str, policy, align_rows, out_dir, sizes: Sizes, seed: int, fraction: float = 1.0,
@@ -261,18 +305,23 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
     fb = pol if feedback is None else fam.load(feedback)
     res = fam.improve(pol, fb, held.subtask, held.examples, sizes, seed)
     ys, stars = [r["y"] for r in res], [r["y_star"] for r in res]
-    wr = llf.win_rate(lambda i, a, b: mini.judge_pair(held.metas[i], a, b, held.subtask), ys, stars)
+    wr = llf.win_rate(held.judge_pair, ys, stars)
     return {**wr, "win_rate": 100 * wr["win_rate"],
             "changed": 100 * float(np.mean([not fam.same(y, s) for y, s in zip(ys, stars)])),
-            "score_y": score_responses(held.subtask, held.metas, ys)["score"],
-            "score_y_star": score_responses(held.subtask, held.metas, stars)["score"],
+            "score_y": held.score(ys)["score"], "score_y_star": held.score(stars)["score"],
             "examples": [{"y": fam.show(r["y"]), "c": r["c"], "y_star": fam.show(r["y_star"])} for r in res[:4]]}
 
 
 # ---------------------------------------------------------------------------------------------------- initial policy
-def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut) -> dict:
+def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, inputs: Inputs | None = None
+                   ) -> dict:
     """Train the initial policy (the `policy` notebook); score it, the untrained model and a chance-like baseline
-    (the policy's answers to other prompts)."""
+    (the policy's answers to other prompts). With `inputs.policy` (profile paper) the checkpoint is the initial
+    policy as it is (`checkpoint`), scored on the benchmarks."""
+    if inputs is not None and inputs.policy:
+        initial = evaluate(inputs.policy, held, sizes)
+        return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
+                "checkpoint": inputs.policy, "initial": summary(initial)}
     trained = train_policy(subtask, out_dir, seed, sizes)
     untrained = evaluate(trained["untrained"], held, sizes)
     initial = evaluate(trained["policy"], held, sizes)
@@ -293,26 +342,28 @@ def seed_dir(out_dir, seed: int) -> Path:
     return seed_folder(out_dir, seed)
 
 
-def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict) -> dict:
+def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict,
+                  inputs: Inputs | None = None, profile: str = "tiny") -> dict:
     """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the subtask's initial policy; the synthesized
     sets are as large as the binary set. `respondents`: Fig. 11's `respondent_scores`, stored beside the methods."""
     out = Path(out_dir)
-    pdir, pol = policy_run(subtask)
-    policy = pdir / "policy"
-    _, align = world_rows(subtask, seed, sizes)
+    policy, pol = initial_checkpoint(subtask, profile)
+    _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     pairs = data.to_preference(align)
     # The policy run scored this policy on the same held-out prompts (greedy, same sizes): its numbers are reused.
     methods = {"initial": pol["initial"] if pol.get("sizes") == sizes_dict(sizes) else evaluate(policy, held, sizes)}
-    methods["dpo"] = evaluate(dpo(subtask, policy, pairs, out / "dpo", sizes, seed), held, sizes)
-    feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed)
+    methods["dpo"] = evaluate(dpo(subtask, policy, pairs, out / "dpo", sizes, seed, profile), held, sizes)
+    feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
     if synth is not None:
-        methods["dpo_llf"] = evaluate(dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed), held, sizes)
+        methods["dpo_llf"] = evaluate(dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed, profile), held,
+                                      sizes)
     prompts = data.to_prompts(align)
-    ppo_path, _ = ppo(subtask, policy, data.to_reward_pairs(align), prompts, out / "ppo", sizes, seed)
+    ppo_path, _ = ppo(subtask, policy, data.to_reward_pairs(align), prompts, out / "ppo", sizes, seed, profile)
     methods["ppo"] = evaluate(ppo_path, held, sizes)
     if synth is not None:
-        ppo_llf_path, _ = ppo(subtask, policy, llf.to_reward_pairs(synth), prompts, out / "ppo_llf", sizes, seed)
+        ppo_llf_path, _ = ppo(subtask, policy, llf.to_reward_pairs(synth), prompts, out / "ppo_llf", sizes, seed,
+                              profile)
         methods["ppo_llf"] = evaluate(ppo_llf_path, held, sizes)
     return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
             "methods": {k: summary(v) for k, v in methods.items()}, "respondents": respondents,
@@ -321,32 +372,32 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
             "feedback_model": str(feedback)}
 
 
-def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut) -> dict:
+def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut, profile: str = "tiny") -> dict:
     """Table 3 for one seed: self-improvement with the seed's trained feedback model (from its llf_main run) and
     with the policy as its own critic."""
-    policy = policy_run(subtask)[0] / "policy"
-    main_dir, _ = run_results("llf_main", seed, subtask)
+    policy, _ = initial_checkpoint(subtask, profile)
+    main_dir, _ = run_results("llf_main", seed, subtask, profile=profile)
     return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "ties": "count half",
             "with_feedback_model": ablation(policy, main_dir / "feedback_model", held, sizes, seed),
             "without_feedback_model": ablation(policy, None, held, sizes, seed)}
 
 
 def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
-                           fractions=(0.25, 0.5, 0.75)) -> dict:
+                           fractions=(0.25, 0.5, 0.75), inputs: Inputs | None = None, profile: str = "tiny") -> dict:
     """Fig. 5 for one seed: feedback models on a fraction of the critiques, each synthesizing as many pairs as the
     binary set, then DPO; BF and 100 % come from the seed's llf_main run. `relative`: score - initial score."""
     out = Path(out_dir)
-    policy = policy_run(subtask)[0] / "policy"
-    _, main = run_results("llf_main", seed, subtask)
-    _, align = world_rows(subtask, seed, sizes)
+    policy, _ = initial_checkpoint(subtask, profile)
+    _, main = run_results("llf_main", seed, subtask, profile=profile)
+    _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]
     initial = main["methods"]["initial"]["score"]
     rows = [{"feedback": "BF", "fraction": None, "score": main["methods"]["dpo"]["score"], "pairs": n_pairs}]
     for f in fractions:
-        fb = train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed, fraction=f)
+        fb = train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed, fraction=f, profile=profile)
         synth = synthesize(policy, fb, align, out / f"synthesis_{f}", n_pairs, sizes, seed)
-        score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", sizes, seed),
-                                                    held, sizes)["score"]
+        score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", sizes, seed,
+                                                        profile), held, sizes)["score"]
         rows.append({"feedback": f"{round(100 * f)}%", "fraction": f, "score": score,
                      "pairs": 0 if synth is None else len(synth)})
     full = main["methods"].get("dpo_llf")
@@ -358,23 +409,29 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def policy_run(subtask: str, runs_root=None, spec: str = "policy") -> tuple[Path, dict]:
+def policy_run(subtask: str, runs_root=None, spec: str = "policy", profile: str = "tiny") -> tuple[Path, dict]:
     """(run folder, results) of the finished `policy` run of a subtask: its checkpoints are `untrained/`, `policy/`."""
     from aa_lib.runs import load_results, runs_root_default
 
     root = Path(runs_root or runs_root_default())
-    for r in load_results(spec, root):
+    for r in load_results(spec, root, profile):
         if r["results"].get("subtask") == subtask:
             return root / spec / r["run"], r["results"]
-    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} under {root}; run "
-                            f"`python -m aa_lib.runs {spec}` first")
+    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} at profile {profile} under {root}; run "
+                            f"`python -m aa_lib.runs {spec} --profile {profile}` first")
 
 
-def run_results(spec: str, seed: int, subtask: str, runs_root=None) -> tuple[Path, dict]:
+def initial_checkpoint(subtask: str, profile: str = "tiny") -> tuple[Path, dict]:
+    """(initial policy, its policy run's results): the user's checkpoint at profile paper, else the run's policy/."""
+    pdir, pol = policy_run(subtask, profile=profile)
+    return Path(pol.get("checkpoint") or pdir / "policy"), pol
+
+
+def run_results(spec: str, seed: int, subtask: str, runs_root=None, profile: str = "tiny") -> tuple[Path, dict]:
     """(seed folder, results) of a finished run of `spec` for (subtask, seed)."""
     from aa_lib.runs import load_seed_results
 
-    for r in load_seed_results(spec, runs_root):
+    for r in load_seed_results(spec, runs_root, profile):
         if r["results"].get("subtask") == subtask and r["results"].get("seed") == seed:
             return r["seed_dir"], r["results"]
     raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} seed={seed} under "
@@ -383,8 +440,8 @@ def run_results(spec: str, seed: int, subtask: str, runs_root=None) -> tuple[Pat
 
 def summary(evaluation: dict) -> dict:
     """The numbers of an `evaluate` result worth saving (no per-prompt responses)."""
-    return {k: evaluation[k] for k in ("score", "perfect", "overall", "max_overall", "dimensions", "n", "examples")
-            if k in evaluation}
+    return {k: evaluation[k] for k in ("score", "perfect", "overall", "max_overall", "dimensions", "n", "examples",
+                                       "benchmarks", "failures") if k in evaluation}
 
 
 def sizes_dict(sizes: Sizes) -> dict:

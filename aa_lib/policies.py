@@ -199,8 +199,9 @@ class TextPolicy:
                          data_seed=seed, **quiet())
         rm_path = train_reward(rc, policy, reward_pairs)
         reward_model, _ = load_reward_model(rm_path)
+        batch = None if sizes.batch_size is None else min(8, sizes.batch_size)  # None: the preset's (paper)
         pc = make_config("ppo", subtask, out_dir / "policy", profile, total_episodes=sizes.ppo_episodes,
-                         per_device_train_batch_size=min(8, sizes.batch_size), num_mini_batches=1,
+                         per_device_train_batch_size=batch, num_mini_batches=1,
                          response_length=sizes.max_new_tokens, max_length=sizes.max_length, seed=seed, data_seed=seed,
                          **quiet())
         return train_ppo(pc, policy, reward_model, prompts), rm_path

@@ -132,6 +132,10 @@ def get_preset(stage: str, subtask: str, profile: str = "tiny") -> StagePreset:
     if stage not in PRESETS[profile]:
         raise KeyError(f"no preset stage {stage!r} (known: {', '.join(STAGES)})")
     name = get_subtask(subtask).name  # accepts "TI2T" and "ti2t"; unknown names raise there
+    if profile == "paper" and name == "t2t":
+        # The paper aligns no text-only model; a t2t checkpoint at profile paper (the rehearsal's SmolLM2) takes the
+        # TI2T column, as the tiny world's t2t does. Tables 5-8 show the paper's five columns only.
+        name = "ti2t"
     by_subtask = PRESETS[profile][stage]
     if name not in by_subtask:
         raise KeyError(f"profile {profile!r} has no {stage} preset for {name} (the paper trains only "
@@ -148,7 +152,8 @@ def training_kwargs(p: StagePreset) -> dict:
 
 
 def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny", **overrides):
-    """The TRL config of `stage` filled from its preset; `overrides` (any config field) win over the preset.
+    """The TRL config of `stage` filled from its preset; `overrides` (any config field) win over the preset, except
+    those that are None.
 
     The configs are aa_lib's (TRL's plus `AAOptions`): feedback_model -> aa_lib.train.sft.SFTConfig (SFT on the
     critiques), reward_model -> aa_lib.train.reward.RewardConfig, dpo -> aa_lib.train.dpo.DPOConfig (beta),
@@ -175,7 +180,11 @@ def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny"
         kw.update(max_length=p.max_token_length, critic_learning_rate=p.critic_learning_rate,
                   critic_lr_scheduler_type=p.critic_scheduler, critic_warmup_ratio=p.critic_warmup_ratio,
                   temperature=p.sampling_temperature)
-    kw.update(overrides)
+    kw.update({k: v for k, v in overrides.items() if v is not None})  # None: the preset's value (profile paper)
+    import torch
+
+    if kw.get("bf16") and not torch.cuda.is_available():
+        kw.setdefault("use_cpu", True)  # transformers runs bf16 on a CPU-only host only when told (CPU autocast)
     return cls(**kw)
 
 

@@ -79,12 +79,15 @@ class RunSpec:
                    grid=data.get("grid") or {}, needs=list(data.get("needs") or []), profiles=data.get("profiles") or {},
                    smoke=data.get("smoke") or {})
 
-    def runs(self, profile: str = "tiny", smoke: bool = False) -> list[tuple[str, dict]]:
-        """(run name, parameters) for every grid combination at this profile (at smoke size on request)."""
+    def runs(self, profile: str = "tiny", smoke: bool = False, subtasks: list | None = None) -> list[tuple[str, dict]]:
+        """(run name, parameters) for every grid combination at this profile (at smoke size on request); `subtasks`
+        replaces a `subtask` grid (the subtasks a paths YAML names)."""
         over = self.profiles.get(profile, {})
         small = self.smoke if smoke else {}
         base = {**self.parameters, **over.get("parameters", {}), **small.get("parameters", {}), "profile": profile}
         grid = {**self.grid, **over.get("grid", {}), **small.get("grid", {})}
+        if subtasks is not None and "subtask" in grid:
+            grid["subtask"] = list(subtasks)
         keys = sorted(grid)
         out = []
         for combo in itertools.product(*(grid[k] for k in keys)):
@@ -222,12 +225,13 @@ def grid_keys(spec: RunSpec, profile: str = "tiny", smoke: bool = False) -> set[
     return set(spec.grid) | set(over.get("grid", {})) | set(small.get("grid", {}))
 
 
-def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tiny", smoke: bool = False) -> list[str]:
+def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tiny", smoke: bool = False,
+                  subtasks: list | None = None) -> list[str]:
     """The runs of `dep` that a run of `spec` with `params` reads: those agreeing on the grid keys both specs share
     (llf_main's subtask=ti2t, seed=1 reads policy's subtask=ti2t, seed=1); every run when they share none (a
     figure reads them all)."""
     shared = grid_keys(spec, profile, smoke) & grid_keys(dep, profile, smoke)
-    return [r for r, p in dep.runs(profile, smoke) if all(p.get(k) == params.get(k) for k in shared)]
+    return [r for r, p in dep.runs(profile, smoke, subtasks) if all(p.get(k) == params.get(k) for k in shared)]
 
 
 def fingerprint(spec: RunSpec, params: dict, runs_root: Path, deps: dict[str, list[str]] | None = None) -> str:
@@ -413,8 +417,12 @@ def _clock(seconds: float) -> str:
 
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
               runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, smoke: bool = False,
-              figures_dir: Path | None = None, specs_root: Path | None = None, log=print) -> list[RunOutcome]:
+              figures_dir: Path | None = None, specs_root: Path | None = None, inputs: dict | None = None,
+              log=print) -> list[RunOutcome]:
     """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`.
+
+    `inputs` ({subtask: entry}, `aa_lib.inputs.read_paths`) names the subtasks to run (in place of the specs'
+    `subtask` grids), and each such run gets its subtask's entry as the notebook parameter `inputs`.
 
     Dependencies are per run: a run starts as soon as the runs it reads are finished (`matching_runs`), so
     llf_main for (ti2t, seed 1) need not wait for the slowest policy. Up to `jobs` runs execute at once; among the
@@ -426,10 +434,13 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
     specs = ordered(load_specs(specs_root or runs_root), names)
     by_name = {s.name: s for s in specs}
     depth = _downstream_depth(specs)
+    subtasks = None if inputs is None else list(inputs)
     todo = []  # (priority, spec, run, params, deps)
     for k, spec in enumerate(specs):
-        for j, (run, params) in enumerate(spec.runs(profile, smoke=smoke)):
-            deps = {d: matching_runs(spec, params, by_name[d], profile, smoke) for d in spec.needs}
+        for j, (run, params) in enumerate(spec.runs(profile, smoke, subtasks)):
+            deps = {d: matching_runs(spec, params, by_name[d], profile, smoke, subtasks) for d in spec.needs}
+            if inputs is not None and "subtask" in params:
+                params = {**params, "inputs": inputs[params["subtask"]]}
             todo.append(((-depth[spec.name], k, j), spec, run, params, deps))
     todo.sort(key=lambda t: t[0])
     state: dict[tuple[str, str], str] = {}  # (spec, run) -> done / skipped / failed / busy
@@ -480,7 +491,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list specs and their runs, execute nothing")
     ap.add_argument("--smoke", action="store_true", help="each spec at its `smoke` size (a quick check, not results)")
     ap.add_argument("--figures-dir", type=Path, default=None, help="write figures here instead of paper_figures/")
+    ap.add_argument("--inputs", type=Path, default=None, help="profile paper: the YAML naming each subtask's "
+                    "checkpoint, data, benchmarks and judge (aa_lib.inputs); checked before any run starts")
     args = ap.parse_args(argv)
+    inputs = None
+    if args.inputs is not None:
+        from aa_lib.inputs import read_paths
+
+        try:
+            inputs = read_paths(args.inputs)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     names = None if not args.specs or args.specs == ["all"] else args.specs
     if args.list:
         for spec in ordered(load_specs(args.runs_root), names):
@@ -492,13 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         runs_root = args.runs_root / ".smoke"
         figures_dir = figures_dir or runs_root / "figures"
     outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=runs_root,
-                         timeout_s=args.timeout, smoke=args.smoke, figures_dir=figures_dir, specs_root=args.runs_root)
+                         timeout_s=args.timeout, smoke=args.smoke, figures_dir=figures_dir, specs_root=args.runs_root,
+                         inputs=inputs)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
     print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed"
           + (f", {counts['busy']} busy in another process" if counts["busy"] else ""))
     for o in outcomes:
         if o.status == "failed":
-            print(f"  FAILED {o.spec}/{o.run}: {o.error}  (see papermill_runs/{o.spec}/{o.run}.failed/error.txt)")
+            print(f"  FAILED {o.spec}/{o.run}: {o.error}  (see {runs_root / o.spec / o.run}.failed/error.txt)")
         elif o.status == "busy":
             print(f"  BUSY {o.spec}/{o.run}: {o.error}")
     return 1 if counts["failed"] or counts["busy"] else 0

@@ -64,7 +64,9 @@ def test_make_config_carries_the_preset(tmp_path):
 
 def test_unknown_preset_errors_say_what_exists():
     with pytest.raises(KeyError, match="the paper trains only ti2t"):
-        presets.get_preset("dpo", "t2t", "paper")
+        presets.get_preset("dpo", "t2v", "paper")
+    # A text-only checkpoint at profile paper (the rehearsal's SmolLM2) takes the TI2T column.
+    assert presets.get_preset("dpo", "t2t", "paper") == presets.get_preset("dpo", "ti2t", "paper")
     with pytest.raises(KeyError, match="known: tiny, paper"):
         presets.get_preset("dpo", "ti2t", "huge")
     assert presets.get_preset("dpo", "t2t", "tiny").beta == 0.1
