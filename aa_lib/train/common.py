@@ -36,6 +36,10 @@ class AAOptions:
     lora_target_modules: tuple[str, ...] = field(
         default=LORA_TARGETS, metadata={"help": "Linear layer names of the language model that get LoRA adapters."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames sampled per video (None: all frames)."})
+    num_processes: int = field(default=1, metadata={
+        "help": "Training processes; > 1 runs the stage under `accelerate launch` in a subprocess (aa_lib.train.launch)."})
+    launch_config: str = field(default="multi_gpu", metadata={
+        "help": "accelerate config for num_processes > 1: multi_gpu, zero3, fsdp (accelerate_configs/) or a YAML path."})
     # CPU-friendly defaults (the `paper` profile sets bf16 / gradient checkpointing on GPU hosts).
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (off: CPU default)."})
     # transformers 5.24 renamed gradient checkpointing to activation checkpointing; setting only the new name keeps
@@ -129,6 +133,8 @@ def unwrap_peft(model):
 
 def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None) -> Path:
     """Save a trained model (adapters merged) + processor as a loadable folder, atomically."""
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        return Path(out_dir)  # a launched stage (aa_lib.train.launch): DDP replicas agree, rank 0 writes
     plain = unwrap_peft(model)
 
     def write(tmp: Path):

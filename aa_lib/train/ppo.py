@@ -34,6 +34,7 @@ from trl.trainer.utils import selective_log_softmax
 from aa_lib.collators import PromptCollator
 from aa_lib.models import family_for_model_type, get_family, load_model, media_token_ids
 from aa_lib.train.common import AAOptions, load_for_training, peft_config_for, save_trained
+from aa_lib.train.launch import launchable
 
 # Keys of a prompt batch that are not media: everything else goes to every model's forward and `generate`.
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -401,6 +402,7 @@ def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset,
                       peft_config=peft)
 
 
+@launchable
 def train_ppo(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None, eval_dataset=None):
     """`build_ppo_trainer`, train, and save the policy (adapters merged) to `args.output_dir`; returns that folder,
     as the other trainers do."""
