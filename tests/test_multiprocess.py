@@ -70,3 +70,41 @@ def test_accelerate_configs_load():
     kinds = {p.stem: load_config_from_file(str(p)).distributed_type for p in root.glob("*.yaml")}
     assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {
         "multi_gpu": "MULTI_GPU", "zero3": "DEEPSPEED", "fsdp": "FSDP"}
+
+
+def test_zero3_is_refused_before_launch(tmp_path):
+    with pytest.raises(NotImplementedError, match="launch_config 'zero3': aa_lib cannot save ZeRO-3-partitioned"):
+        train_dpo(dpo_config(tmp_path / "dpo", launch_config="zero3"), tmp_path / "model", [{"prompt": "q"}])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_fsdp2_shards_are_gathered_for_the_save(tmp_path):
+    """FSDP2 (fsdp.yaml) leaves each rank a DTensor shard of every weight; save_trained gathers them. accelerate runs
+    FSDP on accelerators only, so here torch's fully_shard runs in a one-rank gloo group in this process."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from aa_lib.train.common import save_trained
+
+    src = build_tiny("llama", tmp_path / "llama", CORPUS, seed=0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model, processor = load_model(src)
+        mesh = init_device_mesh("cpu", (1,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        ids = torch.randint(0, 100, (2, 8))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        trained = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        out = save_trained(model, processor, tmp_path / "out", source_path=src)
+    finally:
+        dist.destroy_process_group()
+    saved = dict(load_model(out)[0].named_parameters())
+    before = dict(load_model(src)[0].named_parameters())
+    assert all(torch.equal(saved[n], trained[n]) and not torch.equal(saved[n], before[n]) for n in before)

@@ -133,12 +133,17 @@ def unwrap_peft(model):
 
 def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None) -> Path:
     """Save a trained model (adapters merged) + processor as a loadable folder, atomically."""
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
-        return Path(out_dir)  # a launched stage (aa_lib.train.launch): DDP replicas agree, rank 0 writes
     plain = unwrap_peft(model)
+    if any(hasattr(p, "ds_id") for p in plain.parameters()):  # DeepSpeed tags the parameters it partitions
+        raise NotImplementedError("save_trained: ZeRO-3-partitioned weights are not gathered; use fsdp/multi_gpu, "
+                                  "or build the trainer and save with trainer.save_model")
+    launched = torch.distributed.is_initialized()  # a stage in N processes (aa_lib.train.launch): rank 0 writes
+    weights = gathered_weights(plain) if launched else None
+    if launched and torch.distributed.get_rank() > 0:
+        return Path(out_dir)
 
     def write(tmp: Path):
-        plain.save_pretrained(tmp)
+        plain.save_pretrained(tmp, state_dict=weights)
         processor.save_pretrained(tmp)
         tok = getattr(processor, "tokenizer", None)
         if tok is not None:
@@ -150,3 +155,19 @@ def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[P
             extra(tmp)
 
     return write_folder_atomic(out_dir, write)
+
+
+def gathered_weights(model) -> dict | None:
+    """Under FSDP2 each rank holds a shard of every weight (a DTensor): all ranks gather them in turn, rank 0 keeps
+    the full tensors on CPU (one at a time on the device). None when nothing is sharded (DDP: replicas agree)."""
+    from torch.distributed.tensor import DTensor
+
+    state = model.state_dict()
+    if not any(isinstance(v, DTensor) for v in state.values()):
+        return None
+    full = {}
+    for k, v in state.items():
+        v = v.full_tensor() if isinstance(v, DTensor) else v
+        if torch.distributed.get_rank() == 0:
+            full[k] = v.cpu()
+    return full or None

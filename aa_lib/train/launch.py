@@ -4,8 +4,9 @@ A trainer marked `@launchable` whose config has `num_processes > 1` saves its in
 `output_dir` (datasets with `save_to_disk`, the config's fields and the other arguments as JSON), runs
 `accelerate launch --config_file <launch_config> --num_processes N -m aa_lib.train.launch JOB` with the pinned CPU
 numerics, waits, and returns the saved folder as the in-process call does; every rank runs the same trainer
-function, rank 0 writes the model (`save_trained`) and `aa_launch.json` (what ran). A failed child raises
-`LaunchError` with the command and the tail of its output; its job folder and log are kept.
+function, rank 0 writes the model (`save_trained`, which gathers FSDP2 shards) and `aa_launch.json` (what ran).
+A failed child raises `LaunchError` with the command and a rank's traceback; its job folder and log are kept.
+DeepSpeed ZeRO-3 is refused: saving its partitioned weights is not implemented.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+
+import yaml
 
 import aa_lib
 from aa_lib import numerics
@@ -56,11 +59,14 @@ def config_file(name: str) -> Path:
     return path
 
 
-def launch(fn, config, arguments: dict, timeout: float | None = None) -> Path:
+def launch(fn, config, arguments: dict) -> Path:
     import datasets
     import torch
 
     conf = config_file(config.launch_config)
+    if yaml.safe_load(conf.read_text()).get("distributed_type") == "DEEPSPEED":  # before any GPU time is spent
+        raise NotImplementedError(f"launch_config {config.launch_config!r}: aa_lib cannot save ZeRO-3-partitioned "
+                                  f"weights yet (save_trained gathers FSDP2 shards only); use fsdp or multi_gpu")
     out = Path(config.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     job = Path(tempfile.mkdtemp(prefix=f".{out.name}.launch.", dir=out.parent))
@@ -71,7 +77,7 @@ def launch(fn, config, arguments: dict, timeout: float | None = None) -> Path:
             ds.save_to_disk(str(job / name))
             args[name] = {"dataset": str(job / name)}
         elif value is None or isinstance(value, (str, int, float, bool, os.PathLike)):
-            args[name] = {"value": None if value is None else value if not isinstance(value, os.PathLike) else str(value)}
+            args[name] = {"value": str(value) if isinstance(value, os.PathLike) else value}
         else:
             raise TypeError(f"{fn.__name__}: argument {name} ({type(value).__name__}) cannot go to a launched "
                             f"process; pass a folder path or a dataset (or set num_processes=1)")
@@ -81,8 +87,8 @@ def launch(fn, config, arguments: dict, timeout: float | None = None) -> Path:
     # accelerate joins CPU ranks (gloo) only when asked to; unasked, each rank would train a copy of its own.
     fields["use_cpu"] = config.use_cpu or not torch.cuda.is_available()
     (job / "job.json").write_text(json.dumps({
-        "function": [fn.__module__, fn.__qualname__], "config": [type(config).__module__, type(config).__qualname__],
-        "fields": fields, "arguments": args}, indent=1))
+        "function": [fn.__module__, fn.__name__], "config": [type(config).__module__, type(config).__name__],
+        "fields": fields, "arguments": args}))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(conf),
            "--num_processes", str(config.num_processes), "--main_process_port", str(free_port()),
            "--mixed_precision", "bf16" if config.bf16 else "no", "-m", "aa_lib.train.launch", str(job)]
@@ -92,7 +98,7 @@ def launch(fn, config, arguments: dict, timeout: float | None = None) -> Path:
                                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
     log = job / "launch.log"
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:  # a rank's own traceback if one was caught (torchrun's summary hides it), else the log's tail
         caught = sorted(job.glob("error_rank*.txt"))
         raise LaunchError(f"{fn.__name__} in {config.num_processes} processes failed (exit {rc}); command: "
@@ -114,14 +120,12 @@ def run_job(job: Path) -> None:
     from accelerate import PartialState
 
     spec = json.loads((job / "job.json").read_text())
-    module, name = spec["function"]
-    fn = getattr(importlib.import_module(module), name).__wrapped__
-    module, name = spec["config"]
-    config = getattr(importlib.import_module(module), name)(**spec["fields"])
+    fn, cls = (getattr(importlib.import_module(m), name) for m, name in (spec["function"], spec["config"]))
+    config = cls(**spec["fields"])
     args = {k: datasets.load_from_disk(v["dataset"]) if "dataset" in v else v["value"]
             for k, v in spec["arguments"].items()}
     try:
-        out = Path(fn(config, **args))
+        out = Path(fn.__wrapped__(config, **args))
     except BaseException:
         (job / f"error_rank{os.environ.get('RANK', 0)}.txt").write_text(traceback.format_exc())
         raise

@@ -17,6 +17,7 @@ What is TRL's and what aa_lib adds:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -390,7 +391,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
 def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None,
                       eval_dataset=None) -> PPOTrainer:
     """PPO from the policy checkpoint `policy_path` (frozen towers / LoRA as `args` says): the reference is a frozen
-    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given."""
+    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given.
+    `reward_model` is a model or a folder from `train_reward` (a folder is what a launched PPO can be given)."""
+    if isinstance(reward_model, (str, os.PathLike)):
+        from aa_lib.train.reward import load_reward_model
+
+        reward_model = load_reward_model(reward_model)[0]
     policy, processor, family = load_for_training(policy_path, args)
     peft = peft_config_for(policy, family, args)
     ref = None
