@@ -98,7 +98,7 @@ def launch(fn, config, arguments: dict) -> Path:
                                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
     log = job / "launch.log"
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:  # a rank's own traceback if one was caught (torchrun's summary hides it), else the log's tail
         caught = sorted(job.glob("error_rank*.txt"))
         raise LaunchError(f"{fn.__name__} in {config.num_processes} processes failed (exit {rc}); command: "
@@ -127,7 +127,7 @@ def run_job(job: Path) -> None:
     try:
         out = Path(fn.__wrapped__(config, **args))
     except BaseException:
-        (job / f"error_rank{os.environ.get('RANK', 0)}.txt").write_text(traceback.format_exc())
+        (job / f"error_rank{os.environ.get('RANK', '0')}.txt").write_text(traceback.format_exc())
         raise
     state = PartialState()  # the trainer's, already set up
     if state.num_processes != config.num_processes:
