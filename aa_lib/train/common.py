@@ -36,6 +36,10 @@ class AAOptions:
     lora_target_modules: tuple[str, ...] = field(
         default=LORA_TARGETS, metadata={"help": "Linear layer names of the language model that get LoRA adapters."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames sampled per video (None: all frames)."})
+    num_processes: int = field(default=1, metadata={
+        "help": "Training processes; > 1 runs the stage under `accelerate launch` in a subprocess (aa_lib.train.launch)."})
+    launch_config: str = field(default="multi_gpu", metadata={
+        "help": "accelerate config for num_processes > 1: multi_gpu, zero3, fsdp (accelerate_configs/) or a YAML path."})
     # CPU-friendly defaults (the `paper` profile sets bf16 / gradient checkpointing on GPU hosts).
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (off: CPU default)."})
     # transformers 5.24 renamed gradient checkpointing to activation checkpointing; setting only the new name keeps
@@ -130,9 +134,16 @@ def unwrap_peft(model):
 def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None) -> Path:
     """Save a trained model (adapters merged) + processor as a loadable folder, atomically."""
     plain = unwrap_peft(model)
+    if any(hasattr(p, "ds_id") for p in plain.parameters()):  # DeepSpeed tags the parameters it partitions
+        raise NotImplementedError("save_trained: ZeRO-3-partitioned weights are not gathered; use fsdp/multi_gpu, "
+                                  "or build the trainer and save with trainer.save_model")
+    launched = torch.distributed.is_initialized()  # a stage in N processes (aa_lib.train.launch): rank 0 writes
+    weights = gathered_weights(plain) if launched else None
+    if launched and torch.distributed.get_rank() > 0:
+        return Path(out_dir)
 
     def write(tmp: Path):
-        plain.save_pretrained(tmp)
+        plain.save_pretrained(tmp, state_dict=weights)
         processor.save_pretrained(tmp)
         tok = getattr(processor, "tokenizer", None)
         if tok is not None:
@@ -144,3 +155,19 @@ def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[P
             extra(tmp)
 
     return write_folder_atomic(out_dir, write)
+
+
+def gathered_weights(model) -> dict | None:
+    """Under FSDP2 each rank holds a shard of every weight (a DTensor): all ranks gather them in turn, rank 0 keeps
+    the full tensors on CPU (one at a time on the device). None when nothing is sharded (DDP: replicas agree)."""
+    from torch.distributed.tensor import DTensor
+
+    state = model.state_dict()
+    if not any(isinstance(v, DTensor) for v in state.values()):
+        return None
+    full = {}
+    for k, v in state.items():
+        v = v.full_tensor() if isinstance(v, DTensor) else v
+        if torch.distributed.get_rank() == 0:
+            full[k] = v.cpu()
+    return full or None

@@ -17,6 +17,7 @@ from aa_lib.collators import PairCollator
 from aa_lib.models import load_model
 from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for,
                                  save_trained)
+from aa_lib.train.launch import launchable
 
 
 @dataclass
@@ -61,6 +62,7 @@ def build_dpo_trainer(config: DPOConfig, model_path, dataset, ref_model_path=Non
                       data_collator=collator, processing_class=processor, peft_config=peft)
 
 
+@launchable
 def train_dpo(config: DPOConfig, model_path, dataset, ref_model_path=None) -> Path:
     """Run DPO from `model_path`; the merged policy and processor go to `config.output_dir`."""
     trainer = build_dpo_trainer(config, model_path, dataset, ref_model_path)

@@ -47,6 +47,7 @@ from aa_lib import progress
 from aa_lib.collators import CollatorError, ImageOutputSFTCollator, count_media_parts, example_name
 from aa_lib.models import get_family, janus_decode_images, load_model
 from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
+from aa_lib.train.launch import launchable
 
 FAMILIES_WITH_IMAGE_OUTPUT = ("janus", "chameleon")
 
@@ -275,6 +276,7 @@ def build_image_sft_trainer(config: ImageSFTConfig, model_path, dataset) -> Imag
                            processing_class=processor)
 
 
+@launchable
 def train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path:
     """Image-output SFT from `model_path` on `dataset`; the full model folder goes to `config.output_dir`."""
     trainer = build_image_sft_trainer(config, model_path, dataset)
@@ -322,6 +324,7 @@ def build_image_dpo_trainer(config: ImageDPOConfig, model_path, dataset, ref_mod
                            data_collator=collator, processing_class=processor)
 
 
+@launchable
 def train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=None) -> Path:
     """DPO on image outputs from `model_path` (reference: `ref_model_path`, default the same folder, frozen)."""
     trainer = build_image_dpo_trainer(config, model_path, dataset, ref_model_path)
@@ -526,6 +529,8 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
     pi/pi_old plus kl_coef * KL(pi || ref). Returns the saved folder; per-round stats go to `log` (and the folder's
     aa_image_ppo.json).
     """
+    if config.num_processes > 1:  # its loop is plain PyTorch: N processes would train N unrelated copies
+        raise ValueError(f"train_image_ppo runs in one process; num_processes is {config.num_processes}")
     policy, processor, family = _load(model_path, config)
     if family != "janus":
         raise ValueError(f"train_image_ppo samples images, which needs Janus, not {family}")

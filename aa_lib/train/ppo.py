@@ -17,6 +17,7 @@ What is TRL's and what aa_lib adds:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from trl.trainer.utils import selective_log_softmax
 from aa_lib.collators import PromptCollator
 from aa_lib.models import family_for_model_type, get_family, load_model, media_token_ids
 from aa_lib.train.common import AAOptions, load_for_training, peft_config_for, save_trained
+from aa_lib.train.launch import launchable
 
 # Keys of a prompt batch that are not media: everything else goes to every model's forward and `generate`.
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -389,7 +391,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
 def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None,
                       eval_dataset=None) -> PPOTrainer:
     """PPO from the policy checkpoint `policy_path` (frozen towers / LoRA as `args` says): the reference is a frozen
-    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given."""
+    copy (LoRA: the base model, adapters off), the value model is built from the policy's backbone unless given.
+    `reward_model` is a model or a folder from `train_reward` (a folder is what a launched PPO can be given)."""
+    if isinstance(reward_model, (str, os.PathLike)):
+        from aa_lib.train.reward import load_reward_model
+
+        reward_model = load_reward_model(reward_model)[0]
     policy, processor, family = load_for_training(policy_path, args)
     peft = peft_config_for(policy, family, args)
     ref = None
@@ -401,6 +408,7 @@ def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset,
                       peft_config=peft)
 
 
+@launchable
 def train_ppo(args: PPOConfig, policy_path, reward_model, train_dataset, value_model=None, eval_dataset=None):
     """`build_ppo_trainer`, train, and save the policy (adapters merged) to `args.output_dir`; returns that folder,
     as the other trainers do."""

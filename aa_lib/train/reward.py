@@ -23,6 +23,7 @@ from aa_lib.collators import PairCollator
 from aa_lib.models import load_model
 from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for,
                                  save_trained)
+from aa_lib.train.launch import launchable
 
 HEAD_FILE = "aa_reward_head.safetensors"
 META_FILE = "aa_reward.json"
@@ -108,6 +109,7 @@ def build_reward_trainer(config: RewardConfig, model_path, dataset):
                                    processing_class=processor)
 
 
+@launchable
 def train_reward(config: RewardConfig, model_path, dataset) -> Path:
     """Train a reward model from `model_path`; the folder goes to `config.output_dir`."""
     trainer = build_reward_trainer(config, model_path, dataset)

@@ -18,6 +18,7 @@ import transformers
 from aa_lib.collators import ImageOutputSFTCollator, SFTCollator
 from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for,
                                  save_trained)
+from aa_lib.train.launch import launchable
 
 
 @dataclass
@@ -73,6 +74,7 @@ def _has_image_targets(dataset) -> bool:
     return "completion_images" in dataset[0]
 
 
+@launchable
 def train_sft(config: SFTConfig, model_path, dataset) -> Path:
     """Fine-tune `model_path` on `dataset`; the merged model and processor go to `config.output_dir`."""
     trainer = build_sft_trainer(config, model_path, dataset)
