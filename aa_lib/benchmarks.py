@@ -15,7 +15,7 @@ for this project after each benchmark's published protocol (what the judge sees,
   documented JSONL layout with a `column_map` for the real file's names.
 
 Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts into the item format of LLaVA-Bench
-(ti2t), Video-ChatGPT (tv2t) and AIR-Bench (ta2t), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
+(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t) and AIR-Bench (ta2t), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
 answering in each benchmark's format and scale; `MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
 The request builders and scoring functions are the same at both profiles.
 """
@@ -195,7 +195,8 @@ def mia_request(item: BenchItem, response: str) -> JudgeRequest:
             f"total score ranges from 0 to 10. First list the score of each component and the total score in one "
             f"sentence in this format: {fmt}, total score: z/10. Then explain your reasons.")
     return JudgeRequest(user=user, media=item.media, parser=parse_mia_total,
-                        reask_prompt=f"Please answer in the required format first: {fmt}, total score: z/10.")
+                        reask_prompt=f"Please answer in the required format first: {fmt}, total score: z/10.",
+                        meta={"item": item, "responses": (response,)})
 
 
 def parse_mia_total(text: str) -> float | None:
@@ -582,7 +583,7 @@ def interleaved_scores(results: Iterable[JudgeResult]) -> dict[str, float]:
 # Tiny profile: align-anything-mini counterparts
 # ---------------------------------------------------------------------------------------------------------------
 
-MINI_BENCHMARKS = {"llava": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t"}  # benchmark -> mini subtask
+MINI_BENCHMARKS = {"llava": "ti2t", "mia": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t"}  # -> mini subtask
 
 
 def _max_overall(subtask: str) -> float:
@@ -628,6 +629,8 @@ def mini_bench_items(benchmark: str, n: int, seed: int, media_dir: str | os.Path
             extra["context"] = f"An image of {things} at the {t['position']}."
         elif benchmark == "air":
             extra["meta_info"] = None  # AIR-Bench shows no audio description to the judge for chat items
+        elif benchmark == "mia":  # one component, the whole instruction, worth the 10 points
+            extra.update(components=[row[st.prompt_column]], weights=[10], component_type=None)
         items.append(BenchItem(id=meta["id"], question=row[st.prompt_column], media=(str(path),),
                                reference=meta["reference"] or REFUSAL,
                                category=meta["prompt_type"] if benchmark == "llava" else None, extra=extra))
@@ -638,7 +641,8 @@ def mini_bench_judge(benchmark: str) -> FunctionJudge:
     """A `FunctionJudge` over the mini rubric that answers like the benchmark's judge, in its scale and format.
 
     LLaVA / AIR: "<reference> <candidate>" on 1-10 (1 + 9 x the rubric fraction); Video-ChatGPT: {'score': s} on
-    0-5 (5 x the fraction, the same for each dimension; the mini items have no second wording for consistency).
+    0-5 (5 x the fraction, the same for each dimension; the mini items have no second wording for consistency);
+    MIA: "total score: z/10" (10 x the fraction).
     It reads the item's `mini_meta` and the responses from `JudgeRequest.meta`, which the request builders set.
     """
     if benchmark not in MINI_BENCHMARKS:
@@ -653,6 +657,8 @@ def mini_bench_judge(benchmark: str) -> FunctionJudge:
         fracs = [mini_fraction(meta, r, subtask) for r in responses]
         if benchmark == "video_chatgpt":  # the mini items have one wording: every dimension is the rubric's view
             return f"{{'score': {5 * fracs[0]:.3f}}}"
+        if benchmark == "mia":
+            return f"score of component 1: {10 * fracs[0]:.3f}/10, total score: {10 * fracs[0]:.3f}/10"
         ref = mini_fraction(meta, item.reference, subtask)
         return f"{1 + 9 * ref:.3f} {1 + 9 * fracs[0]:.3f}\nscored by the align-anything-mini rubric"
 

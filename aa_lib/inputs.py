@@ -36,10 +36,10 @@ BENCHMARKS = {
     "interleaved_bench": ("ti2ti", B.load_interleaved_bench),
 }
 # The mini judge's name for each benchmark it can answer (`benchmarks.mini_bench_judge`).
-MINI_JUDGED = {"llava_bench": "llava", "video_chatgpt": "video_chatgpt", "air_bench": "air"}
+MINI_JUDGED = {"llava_bench": "llava", "mia_bench": "mia", "video_chatgpt": "video_chatgpt", "air_bench": "air"}
 _NOT_PATHS = {"kind", "base_url", "model", "api_key_env", "column_map", "video_ext", "check_files", "scorer",
               "max_workers"}
-_NOT_LOADER_ARGS = ("scorer", "model", "max_workers", "truth")  # a benchmark entry's keys that its loader does not take
+_NOT_LOADER_ARGS = ("scorer", "weights", "max_workers", "truth")  # a benchmark entry's keys that its loader does not take
 
 
 @dataclass
@@ -119,10 +119,13 @@ def make_judge(spec: dict | None, cache_dir, benchmark: str | None = None):
 
 
 def load_scorer(spec: dict):
-    """An ImageReward / HPS v2 scorer plug-in: `scorer: "package.module:function"` called with the entry's `model`
-    path returns an object with `score(prompts, images) -> floats` (`benchmarks.ImageScorer`)."""
+    """An ImageReward / HPS v2 scorer plug-in: `scorer: "package.module:function"` called with the entry's `weights`
+    path returns an object with `score(prompts, images) -> floats` (`benchmarks.ImageScorer`; the user's own
+    ImageReward / HPS v2 packages wrap through `benchmarks.load_image_scorer`)."""
+    if not spec.get("scorer"):
+        raise ValueError("an imagereward / hpsv2 entry needs `scorer: package.module:function` (and `weights`)")
     module, _, name = spec["scorer"].partition(":")
-    return getattr(importlib.import_module(module), name)(spec.get("model"))
+    return getattr(importlib.import_module(module), name)(spec.get("weights"))
 
 
 def _prompt_example(subtask: str, question: str, media: tuple[str, ...]) -> dict:

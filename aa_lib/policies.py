@@ -499,9 +499,10 @@ class ImagePolicy:
         from aa_lib.train.image_output import ImageDPOConfig, train_image_dpo
 
         p = get_preset("dpo", subtask, profile)
-        cfg = ImageDPOConfig(output_dir=str(out_dir), max_steps=sizes.dpo_steps, learning_rate=p.learning_rate,
-                             lr_scheduler_type=p.scheduler, beta=p.beta, per_device_train_batch_size=sizes.batch_size,
-                             weight_decay=p.weight_decay, seed=seed, data_seed=seed, **quiet())
+        steps = {"num_train_epochs": p.epochs} if sizes.dpo_steps is None else {"max_steps": sizes.dpo_steps}
+        cfg = ImageDPOConfig(output_dir=str(out_dir), learning_rate=p.learning_rate, lr_scheduler_type=p.scheduler,
+                             beta=p.beta, per_device_train_batch_size=sizes.batch_size or p.per_device_batch_size,
+                             weight_decay=p.weight_decay, seed=seed, data_seed=seed, **steps, **quiet())
         return train_image_dpo(cfg, policy, pairs)
 
     def synthesize(self, policy, feedback, align_rows, out_dir, target_size: int, sizes, seed: int):
@@ -582,9 +583,10 @@ class ImagePolicy:
 
         out_dir = Path(out_dir)
         rm_path = self.train_reward(subtask, policy, reward_pairs, out_dir / "reward", sizes, seed, profile)
-        cfg = ImagePPOConfig(output_dir=str(out_dir / "policy"), learning_rate=get_preset("ppo", subtask,
-                                                                                          profile).learning_rate,
-                             num_iterations=max(1, sizes.ppo_episodes // sizes.ppo_prompts),
+        p = get_preset("ppo", subtask, profile)
+        episodes = sizes.ppo_episodes or p.epochs * len(prompts)  # None (profile paper): the preset's epochs
+        cfg = ImagePPOConfig(output_dir=str(out_dir / "policy"), learning_rate=p.learning_rate,
+                             num_iterations=max(1, episodes // sizes.ppo_prompts),
                              prompts_per_iteration=sizes.ppo_prompts, samples_per_prompt=sizes.ppo_samples, seed=seed)
         examples = [prompt_of(prompts[i]) for i in range(len(prompts))]
         if subtask == "ti2ti":  # PPO moves the image codes; the response text is the policy's greedy text, kept fixed

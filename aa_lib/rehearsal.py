@@ -4,13 +4,15 @@
     python -m aa_lib.runs policy llf_main llf_ablation llf_feedback_fraction table2_main_results \
         --profile paper --inputs DIR/paths.yaml --runs-root DIR/runs --figures-dir DIR/figures
 
-Per subtask (ti2t, tv2t, ta2t, and t2t with a real pretrained LM): align-anything-200k-style training files
-(`data/<subtask>/train.parquet`: ti2t with its image bytes in the file, tv2t / ta2t with `video_path` / `audio_path`
-relative to a media root), the Table 2 benchmark files in the layouts `aa_lib.benchmarks` reads (LLaVA-Bench,
-Video-ChatGPT, AIR-Bench) made from held-out mini prompts, local checkpoint folders (the tiny initial policies in
-place of the 7B ones; SmolLM2-135M-Instruct for t2t), and `paths.yaml`. The judge is the mini rubric answering in
-each benchmark's format (`benchmarks.mini_bench_judge`, reading each item's hidden truth from `truth.jsonl`): the
-rehearsal checks that everything runs, its tables are a rehearsal, not results.
+Per subtask (ti2t, tv2t, ta2t, t2i, and t2t with a real pretrained LM): align-anything-200k-style training files
+(`data/<subtask>/train.parquet`: ti2t / t2i with their image bytes in the file, tv2t / ta2t with `video_path` /
+`audio_path` relative to a media root), the Table 2 benchmark files in the layouts `aa_lib.benchmarks` reads
+(LLaVA-Bench, MIA-Bench, Video-ChatGPT, AIR-Bench, ImageReward and HPS v2 prompt files) made from held-out mini prompts, local
+checkpoint folders (the tiny initial policies in place of the 7B ones; SmolLM2-135M-Instruct for t2t), and
+`paths.yaml`. The judge is the mini rubric answering in each benchmark's format (`benchmarks.mini_bench_judge`;
+for t2i a scorer plug-in, `mini_image_scorer`), reading each item's hidden truth from `truth.jsonl`: the rehearsal
+checks that everything runs, its tables are a rehearsal, not results. Not rehearsed: InterleavedBench and ti2ti
+(the mini judge has no counterpart for its protocol).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from aa_lib.media import write_text_atomic
 from aa_lib.subtasks import get_subtask
 
 SIZES = {"smoke": {"rows": 8, "items": 4}, "default": {"rows": 64, "items": 24}}
-BENCHMARK_OF = {"ti2t": "llava", "tv2t": "video_chatgpt", "ta2t": "air"}  # the mini benchmark of each subtask
+SUBTASKS = ("ti2t", "tv2t", "ta2t", "t2i", "t2t")
+BENCHMARKS = {"ti2t": ("llava", "mia"), "tv2t": ("video_chatgpt",), "ta2t": ("air",), "t2i": ("imagereward",)}
 
 
 def write_data(subtask: str, n: int, out: Path, seed: int = 0) -> dict:
@@ -56,9 +59,17 @@ def _jsonl(path: Path, rows) -> str:
     return str(path)
 
 
-def write_benchmark(subtask: str, n: int, out: Path, seed: int = 1) -> dict:
-    """`n` held-out mini prompts as the subtask's Table 2 benchmark files; returns its `benchmarks` entry."""
-    name = BENCHMARK_OF[subtask]
+def write_benchmark(name: str, n: int, out: Path, seed: int = 1) -> dict:
+    """`n` held-out mini prompts as the files of one Table 2 benchmark; returns its `benchmarks` entry."""
+    if name == "imagereward":  # ImageReward's prompt objects and HPS v2's plain list, scored by the mini rubric
+        rows = mini.heldout_prompts("t2i", n, seed)
+        col = get_subtask("t2i").prompt_column
+        truth = _jsonl(out / "truth.jsonl", [{col: r[col], "mini_meta": r["mini_meta"]} for r in rows])
+        write_text_atomic(out / "imagereward.json", json.dumps([{"prompt": r[col]} for r in rows]))
+        write_text_atomic(out / "hpsv2.json", json.dumps([r[col] for r in rows]))
+        scorer = {"scorer": "aa_lib.rehearsal:mini_image_scorer", "weights": truth}
+        return {"imagereward": {"path": str(out / "imagereward.json"), **scorer},
+                "hpsv2": {"path": str(out / "hpsv2.json"), **scorer}}
     media = out / "media"
     items = B.mini_bench_items(name, n, seed, media)
     files = [str(Path(it.media[0]).relative_to(media)) for it in items]
@@ -73,6 +84,12 @@ def write_benchmark(subtask: str, n: int, out: Path, seed: int = 1) -> dict:
                 "image_dir": str(media)}
         ids = [it.id for it in items]
         key = "llava_bench"
+    elif name == "mia":
+        path = out / "instruction_benchmark_all.json"
+        write_text_atomic(path, json.dumps([{"image": f, "instruction": it.question, "type": it.category,
+                                             "components": it.extra["components"],
+                                             "component_weight": it.extra["weights"]} for it, f in zip(items, files)]))
+        args, ids, key = {"path": str(path), "image_dir": str(media)}, [str(i) for i in range(len(items))], "mia_bench"
     elif name == "video_chatgpt":
         path = out / "generic_qa.json"
         write_text_atomic(path, json.dumps([{"video_name": f, "Q": it.question, "A": it.reference}
@@ -89,6 +106,14 @@ def write_benchmark(subtask: str, n: int, out: Path, seed: int = 1) -> dict:
     return {key: args}
 
 
+def mini_image_scorer(truth_path):
+    """The rehearsal's ImageReward / HPS v2 plug-in: the mini rubric's t2i score of each image, its prompt's hidden
+    truth read from `truth_path` (`benchmarks.MiniImageScorer`)."""
+    from aa_lib.records import read_jsonl
+
+    return B.MiniImageScorer(list(read_jsonl(Path(truth_path))))
+
+
 def write_policy(subtask: str, out: Path, size: str) -> str:
     """The initial policy: SmolLM2-135M-Instruct for t2t (a real pretrained instruct LM from its GGUF), else the
     tiny policy trained as the `policy` notebook trains it (smoke: a few steps)."""
@@ -100,7 +125,14 @@ def write_policy(subtask: str, out: Path, size: str) -> str:
     return E.train_policy(subtask, out, 0, sizes)["policy"]
 
 
-def write_inputs(root, size: str = "smoke", subtasks=("ti2t", "tv2t", "ta2t", "t2t")) -> Path:
+def _relative(value, root: Path):
+    """Paths under `root` written relative to it (the YAML is read against its folder): the set can be moved."""
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    return str(Path(value).relative_to(root)) if Path(value).is_absolute() else value
+
+
+def write_inputs(root, size: str = "smoke", subtasks=SUBTASKS) -> Path:
     """The whole input set under `root`; returns the paths YAML. Parts already written are kept (rerun-safe)."""
     root = Path(root).resolve()
     n = SIZES[size]
@@ -110,11 +142,10 @@ def write_inputs(root, size: str = "smoke", subtasks=("ti2t", "tv2t", "ta2t", "t
         model_dir = root / "models" / st
         done = model_dir / ("config.json" if st == "t2t" else "policy/config.json")
         entry["policy"] = str(done.parent) if done.exists() else write_policy(st, model_dir, size)
-        if st in BENCHMARK_OF:
-            entry["benchmarks"] = write_benchmark(st, n["items"], root / "benchmarks" / st)
-        entries[st] = {k: str(Path(v).relative_to(root)) if isinstance(v, str) else
-                       {b: {k2: str(Path(v2).relative_to(root)) for k2, v2 in a.items()} for b, a in v.items()}
-                       for k, v in entry.items()}
+        if st in BENCHMARKS:
+            entry["benchmarks"] = {k: v for b in BENCHMARKS[st]
+                                   for k, v in write_benchmark(b, n["items"], root / "benchmarks" / b).items()}
+        entries[st] = _relative(entry, root)
     paths = root / "paths.yaml"
     write_text_atomic(paths, "# A rehearsal input set (aa_lib.rehearsal): a rehearsal, not results.\n"
                       + yaml.safe_dump({"judge": {"kind": "mini_rubric"}, "subtasks": entries}, sort_keys=False))
@@ -125,7 +156,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aa_lib.rehearsal", description=__doc__.split("\n")[0])
     ap.add_argument("root", type=Path)
     ap.add_argument("--size", choices=sorted(SIZES), default="default")
-    ap.add_argument("--subtasks", nargs="*", default=["ti2t", "tv2t", "ta2t", "t2t"])
+    ap.add_argument("--subtasks", nargs="*", default=list(SUBTASKS))
     args = ap.parse_args(argv)
     print(write_inputs(args.root, args.size, args.subtasks))
     return 0

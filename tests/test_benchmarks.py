@@ -308,12 +308,13 @@ _SCORE = {
     "llava": lambda items, j, ans: llava_relative_scores(items, j.judge_batch(
         [llava_request(it, a) for it, a in zip(items, ans)]))["all"],
     "air": lambda items, j, ans: air_chat_score(j.judge_batch([air_request(it, a) for it, a in zip(items, ans)])),
+    "mia": lambda items, j, ans: mia_score(j.judge_batch([mia_request(it, a) for it, a in zip(items, ans)])),
     "video_chatgpt": lambda items, j, ans: video_chatgpt_scores({d: j.judge_batch(
         [video_chatgpt_request(it, a, d) for it, a in zip(items, ans)]) for d in ("correctness", "detail")})["mean"],
 }
 
 
-@pytest.mark.parametrize("benchmark", ["llava", "video_chatgpt", "air"])
+@pytest.mark.parametrize("benchmark", ["llava", "mia", "video_chatgpt", "air"])
 def test_mini_counterparts_rank_perfect_above_wrong(benchmark, tmp_path):
     items = mini_bench_items(benchmark, 5, seed=1, media_dir=tmp_path)
     assert len(items) == 5 and all(it.reference and (tmp_path / it.media[0]).is_file() for it in items)
@@ -321,7 +322,7 @@ def test_mini_counterparts_rank_perfect_above_wrong(benchmark, tmp_path):
     perfect = _SCORE[benchmark](items, judge, [it.reference for it in items])
     wrong = _SCORE[benchmark](items, judge, ["sorry , i can not help with that ." if "sorry" not in it.reference
                                              else "it is a green circle ." for it in items])
-    top = {"llava": 100.0, "air": 10.0, "video_chatgpt": 5.0}[benchmark]
+    top = {"llava": 100.0, "mia": 100.0, "air": 10.0, "video_chatgpt": 5.0}[benchmark]
     assert perfect == pytest.approx(top) and wrong < perfect
     # A request for an item that has no mini truth is a recorded failure, not a score.
     foreign = BenchItem(id="x", question="q", reference="r")
