@@ -15,7 +15,7 @@ for this project after each benchmark's published protocol (what the judge sees,
   documented JSONL layout with a `column_map` for the real file's names.
 
 Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts into the item format of LLaVA-Bench
-(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t) and AIR-Bench (ta2t), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
+(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t), AIR-Bench (ta2t) and InterleavedBench (ti2ti), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
 answering in each benchmark's format and scale; `MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
 The request builders and scoring functions are the same at both profiles.
 """
@@ -583,7 +583,8 @@ def interleaved_scores(results: Iterable[JudgeResult]) -> dict[str, float]:
 # Tiny profile: align-anything-mini counterparts
 # ---------------------------------------------------------------------------------------------------------------
 
-MINI_BENCHMARKS = {"llava": "ti2t", "mia": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t"}  # -> mini subtask
+MINI_BENCHMARKS = {"llava": "ti2t", "mia": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t",
+                   "interleaved": "ti2ti"}  # benchmark -> mini subtask
 
 
 def _max_overall(subtask: str) -> float:
@@ -637,12 +638,20 @@ def mini_bench_items(benchmark: str, n: int, seed: int, media_dir: str | os.Path
     return items
 
 
+def _mini_ti2ti_answer(steps: list[dict]) -> dict:
+    from PIL import Image
+
+    images = [s["image"] for s in steps if s["image"]]
+    image = np.asarray(Image.open(images[0]).convert("RGB")) if images else np.zeros((1, 1, 3), np.uint8)
+    return {"text": " ".join(s["text"] for s in steps if s["text"]), "image": image}
+
+
 def mini_bench_judge(benchmark: str) -> FunctionJudge:
     """A `FunctionJudge` over the mini rubric that answers like the benchmark's judge, in its scale and format.
 
     LLaVA / AIR: "<reference> <candidate>" on 1-10 (1 + 9 x the rubric fraction); Video-ChatGPT: {'score': s} on
     0-5 (5 x the fraction, the same for each dimension; the mini items have no second wording for consistency);
-    MIA: "total score: z/10" (10 x the fraction).
+    MIA: "total score: z/10" (10 x the fraction); InterleavedBench: every aspect 1 + 4 x the fraction.
     It reads the item's `mini_meta` and the responses from `JudgeRequest.meta`, which the request builders set.
     """
     if benchmark not in MINI_BENCHMARKS:
@@ -654,11 +663,15 @@ def mini_bench_judge(benchmark: str) -> FunctionJudge:
             raise ValueError("the mini judge needs a request built from a mini item (no mini_meta in its meta)")
         item, responses = req.meta["item"], req.meta["responses"]
         meta = item.extra["mini_meta"]
+        if benchmark == "interleaved":  # the rubric reads a ti2ti answer as {"text", "image"}: the steps joined
+            responses = [_mini_ti2ti_answer(steps) for steps in responses]
         fracs = [mini_fraction(meta, r, subtask) for r in responses]
         if benchmark == "video_chatgpt":  # the mini items have one wording: every dimension is the rubric's view
             return f"{{'score': {5 * fracs[0]:.3f}}}"
         if benchmark == "mia":
             return f"score of component 1: {10 * fracs[0]:.3f}/10, total score: {10 * fracs[0]:.3f}/10"
+        if benchmark == "interleaved":
+            return json.dumps({a: round(1 + 4 * fracs[0], 3) for a in INTERLEAVED_ASPECTS})
         ref = mini_fraction(meta, item.reference, subtask)
         return f"{1 + 9 * ref:.3f} {1 + 9 * fracs[0]:.3f}\nscored by the align-anything-mini rubric"
 

@@ -36,7 +36,8 @@ BENCHMARKS = {
     "interleaved_bench": ("ti2ti", B.load_interleaved_bench),
 }
 # The mini judge's name for each benchmark it can answer (`benchmarks.mini_bench_judge`).
-MINI_JUDGED = {"llava_bench": "llava", "mia_bench": "mia", "video_chatgpt": "video_chatgpt", "air_bench": "air"}
+MINI_JUDGED = {"llava_bench": "llava", "mia_bench": "mia", "video_chatgpt": "video_chatgpt", "air_bench": "air",
+               "interleaved_bench": "interleaved"}
 _NOT_PATHS = {"kind", "base_url", "model", "api_key_env", "column_map", "video_ext", "check_files", "scorer",
               "max_workers"}
 _NOT_LOADER_ARGS = ("scorer", "weights", "max_workers", "truth")  # a benchmark entry's keys that its loader does not take
@@ -197,9 +198,26 @@ class BenchmarkHeldOut:
                           "mia_bench": (B.mia_request, B.mia_score), "air_bench": (B.air_request, B.air_chat_score),
                           "interleaved_bench": (B.interleaved_request,
                                                 lambda r: B.interleaved_scores(r)["overall"])}[name]
+        if name == "interleaved_bench":
+            responses = [self._interleaved_output(r) for r in responses]
         results = judge.judge_batch([request(it, r) for it, r in zip(items, responses)], workers)
         failed = sum(not r.ok for r in results)
         return (total(results) if failed < len(results) else None), failed
+
+    def _interleaved_output(self, response) -> list[dict]:
+        """A ti2ti response {"text", "image"} as InterleavedBench steps, its image a PNG named by its content (the
+        judge sees files; the same image is the same file, so a rerun hits the judge's cache)."""
+        import hashlib
+
+        import numpy as np
+
+        from aa_lib.media import encode_png, write_bytes_atomic
+
+        png = encode_png(np.asarray(response["image"]))
+        path = self.cache_dir / "outputs" / f"{hashlib.sha256(png).hexdigest()[:20]}.png"
+        if not path.exists():
+            write_bytes_atomic(path, png)
+        return [{"text": response.get("text") or "", "image": str(path)}]
 
     def judge_pair(self, i: int, a, b):
         """Table 3's strong judge on example i: 1 or 2 for the better response, "tie" (the LLaVA-Bench review format

@@ -4,15 +4,14 @@
     python -m aa_lib.runs policy llf_main llf_ablation llf_feedback_fraction table2_main_results \
         --profile paper --inputs DIR/paths.yaml --runs-root DIR/runs --figures-dir DIR/figures
 
-Per subtask (ti2t, tv2t, ta2t, t2i, and t2t with a real pretrained LM): align-anything-200k-style training files
+Per subtask (ti2t, tv2t, ta2t, t2i, ti2ti, and t2t with a real pretrained LM): align-anything-200k-style training files
 (`data/<subtask>/train.parquet`: ti2t / t2i with their image bytes in the file, tv2t / ta2t with `video_path` /
 `audio_path` relative to a media root), the Table 2 benchmark files in the layouts `aa_lib.benchmarks` reads
-(LLaVA-Bench, MIA-Bench, Video-ChatGPT, AIR-Bench, ImageReward and HPS v2 prompt files) made from held-out mini prompts, local
+(LLaVA-Bench, MIA-Bench, Video-ChatGPT, AIR-Bench, ImageReward and HPS v2 prompt files, InterleavedBench) made from held-out mini prompts, local
 checkpoint folders (the tiny initial policies in place of the 7B ones; SmolLM2-135M-Instruct for t2t), and
 `paths.yaml`. The judge is the mini rubric answering in each benchmark's format (`benchmarks.mini_bench_judge`;
 for t2i a scorer plug-in, `mini_image_scorer`), reading each item's hidden truth from `truth.jsonl`: the rehearsal
-checks that everything runs, its tables are a rehearsal, not results. Not rehearsed: InterleavedBench and ti2ti
-(the mini judge has no counterpart for its protocol).
+checks that everything runs, its tables are a rehearsal, not results.
 """
 from __future__ import annotations
 
@@ -30,8 +29,9 @@ from aa_lib.media import write_text_atomic
 from aa_lib.subtasks import get_subtask
 
 SIZES = {"smoke": {"rows": 8, "items": 4}, "default": {"rows": 64, "items": 24}}
-SUBTASKS = ("ti2t", "tv2t", "ta2t", "t2i", "t2t")
-BENCHMARKS = {"ti2t": ("llava", "mia"), "tv2t": ("video_chatgpt",), "ta2t": ("air",), "t2i": ("imagereward",)}
+SUBTASKS = ("ti2t", "tv2t", "ta2t", "t2i", "ti2ti", "t2t")
+BENCHMARKS = {"ti2t": ("llava", "mia"), "tv2t": ("video_chatgpt",), "ta2t": ("air",), "t2i": ("imagereward",),
+              "ti2ti": ("interleaved",)}
 
 
 def write_data(subtask: str, n: int, out: Path, seed: int = 0) -> dict:
@@ -89,7 +89,13 @@ def write_benchmark(name: str, n: int, out: Path, seed: int = 1) -> dict:
         write_text_atomic(path, json.dumps([{"image": f, "instruction": it.question, "type": it.category,
                                              "components": it.extra["components"],
                                              "component_weight": it.extra["weights"]} for it, f in zip(items, files)]))
-        args, ids, key = {"path": str(path), "image_dir": str(media)}, [str(i) for i in range(len(items))], "mia_bench"
+        # MIA-Bench names its images by URL; the loader looks their file names up in image_dir.
+        image_dir = str(Path(items[0].media[0]).parent)
+        args, ids, key = {"path": str(path), "image_dir": image_dir}, [str(i) for i in range(len(items))], "mia_bench"
+    elif name == "interleaved":
+        path = _jsonl(out / "interleaved.jsonl", [{"id": it.id, "instruction": it.question, "input_images": [f],
+                                                   "reference": it.reference} for it, f in zip(items, files)])
+        args, ids, key = {"path": path, "image_dir": str(media)}, [it.id for it in items], "interleaved_bench"
     elif name == "video_chatgpt":
         path = out / "generic_qa.json"
         write_text_atomic(path, json.dumps([{"video_name": f, "Q": it.question, "A": it.reference}

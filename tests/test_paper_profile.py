@@ -71,6 +71,7 @@ def test_rehearsal_end_to_end_at_smoke_size(tmp_path):
     assert {o.run for o in outcomes if o.spec == "policy"} == {"paper_subtask-ti2t"}
     policy = json.loads((tmp_path / "runs/policy/paper_subtask-ti2t/results.json").read_text())
     assert policy["checkpoint"] == str(tmp_path / "rehearsal/models/ti2t/policy")  # aligned as it is: no SFT
-    assert set(policy["initial"]["benchmarks"]) == {"llava_bench"}
+    assert set(policy["initial"]["benchmarks"]) == {"llava_bench", "mia_bench"}
+    assert policy["initial"]["failures"] == {"llava_bench": 0, "mia_bench": 0}
     table = pd.read_csv(figures / "table2_main_results_ours.csv")
-    assert set(table["benchmark"]) == {"llava_bench"} and "initial" in set(table["method"])
+    assert set(table["benchmark"]) == {"llava_bench", "mia_bench"} and "initial" in set(table["method"])
