@@ -124,11 +124,22 @@ def get_family(name: str) -> Family:
     return FAMILIES[name]
 
 
+# Any other causal LM that transformers loads serves the text subtasks, as in TRL: its own tokenizer and chat
+# template carry what differs (pad = eos, a BOS, ChatML), and it has no towers or media tokens to know about.
+CAUSAL_LM = Family("causal_lm", "", "AutoModelForCausalLM", ("t2t",))
+FAMILIES[CAUSAL_LM.name] = CAUSAL_LM
+
+
 def family_for_model_type(model_type: str) -> str:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     for fam in FAMILIES.values():
         if fam.model_type == model_type:
             return fam.name
-    raise KeyError(f"no aa_lib model family for config.model_type {model_type!r} (known: {', '.join(FAMILIES)})")
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return CAUSAL_LM.name
+    raise KeyError(f"no aa_lib model family for config.model_type {model_type!r} (known: {', '.join(FAMILIES)}, "
+                   f"or any causal LM of transformers)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,7 +479,7 @@ def load_model(path_or_id, family: str | None = None, dtype=None, device_map=Non
         return model, T.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = T.AutoConfig.from_pretrained(path_or_id)
     fam = get_family(family or family_for_model_type(config.model_type))
-    if config.model_type != fam.model_type:
+    if fam.model_type and config.model_type != fam.model_type:
         raise ValueError(f"{path_or_id}: config.model_type is {config.model_type!r}, family {fam.name} expects "
                          f"{fam.model_type!r}")
     if dtype is None:
