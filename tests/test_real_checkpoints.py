@@ -163,3 +163,62 @@ def test_any_causal_lm_serves_the_text_subtasks(smollm2, rows, tmp_path):
     assert unchanged(params(model), trained) == []
     with pytest.raises(KeyError, match="'t5'.*or any causal LM of transformers"):
         family_for_model_type("t5")
+
+
+def test_any_image_text_to_text_model_serves_ti2t(tmp_path):
+    """A tiny LLaVA-NeXT (no aa_lib family: anyres image processor, image_newline) with its standard processor:
+    batched generation with an image, SFT (every parameter but the unread CLIP post-layernorm changes) and DPO with
+    LoRA adapters on the language model only; freezing a tower aa_lib cannot name is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from aa_lib.models import media_token_ids, train_tokenizer
+    from aa_lib.train.dpo import DPOConfig, build_dpo_trainer
+    from aa_lib.train.sft import SFTConfig, build_sft_trainer
+
+    tok = train_tokenizer(["the red cat sits on the mat", "a blue dog runs", "what is in the image"] * 3,
+                          family="llava", vocab_size=300)  # has <image> and a template writing it for image parts
+    text = T.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    config = T.LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=[[32, 32]],
+                               image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
+    torch.manual_seed(0)
+    T.LlavaNextForConditionalGeneration(config).save_pretrained(tmp_path / "m")
+    ip = T.LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                   image_grid_pinpoints=[[32, 32]])
+    T.LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                         num_additional_image_tokens=1, chat_template=tok.chat_template).save_pretrained(tmp_path / "m")
+    assert family_for_model_type("llava_next") == "image_text_to_text"
+    model, proc = load_model(tmp_path / "m")
+    assert media_token_ids(proc, "image_text_to_text") == {"image_token": config.image_token_index}
+
+    image = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
+
+    def msg(role, words, with_image=False):
+        return [{"role": role, "content": ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": words}]}]
+
+    prompts = [{"prompt": msg("user", "what is in the image", True), "images": [image]},
+               {"prompt": msg("user", "the red cat"), "images": []}]
+    greedy = llf.GenerationOptions(max_new_tokens=4)
+    assert llf.generate(model, proc, prompts, greedy, batch_size=2) == llf.generate(model, proc, prompts, greedy,
+                                                                                     batch_size=1)
+    common = dict(max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2, max_length=96)
+    sft = [{**prompts[0], "completion": msg("assistant", "a red cat")}] * 2
+    trainer = build_sft_trainer(SFTConfig(output_dir=str(tmp_path / "sft"), **common), tmp_path / "m", sft)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert not (batch["labels"] == config.image_token_index).any()
+    before = params(trainer.model)
+    trainer.train()
+    assert sorted(unchanged(before, trainer.model)) == ["model.vision_tower.post_layernorm.bias",
+                                                         "model.vision_tower.post_layernorm.weight"]
+    dpo = [{**prompts[0], "chosen": msg("assistant", "a red cat"), "rejected": msg("assistant", "a blue dog")}] * 2
+    trainer = build_dpo_trainer(DPOConfig(output_dir=str(tmp_path / "dpo"), lora_r=4, **common), tmp_path / "m", dpo)
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert lora and all(".language_model." in n for n in lora)
+    trainer.train()
+    assert unchanged(lora, trainer.model) == []
+    with pytest.raises(ValueError, match="image_text_to_text: its tower and projector modules are unknown"):
+        build_sft_trainer(SFTConfig(output_dir=str(tmp_path / "x"), freeze_tower=True, **common), tmp_path / "m", sft)

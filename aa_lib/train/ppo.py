@@ -257,7 +257,7 @@ class PPOTrainer(TRLPPOTrainer):
         pad_id = tok.pad_token_id
         # A sampled media placeholder (e.g. <|AUDIO|>) would make prompt + response hold more placeholders than
         # the batch has media features, and the next forward fails: never sample one.
-        media_ids = media_token_ids(tok, family_for_model_type(self.policy_model.config.model_type))
+        media_ids = media_token_ids(self.processing_class, self.aa_family.name)
         gen_kwargs = {"max_new_tokens": args.response_length, "temperature": args.temperature + 1e-7,
                       "top_k": 0, "top_p": 1.0, "do_sample": True, "pad_token_id": pad_id,
                       "suppress_tokens": sorted(set(media_ids.values()))}
