@@ -161,7 +161,7 @@ def test_any_causal_lm_serves_the_text_subtasks(smollm2, rows, tmp_path):
                     max_length=MAX_LENGTH)
     trained, _ = load_model(train_sft(cfg, tmp_path / "mistral", data.to_sft(rows)))
     assert unchanged(params(model), trained) == []
-    with pytest.raises(KeyError, match="'t5'.*or any causal LM of transformers"):
+    with pytest.raises(KeyError, match="'t5'.*or any causal LM / image-text-to-text model of transformers"):
         family_for_model_type("t5")
 
 
