@@ -165,7 +165,7 @@ class _Base:
         self._memo_bytes = 0
         self.fam = get_family(self.family)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.media_ids = set(media_token_ids(self.tokenizer, self.family).values())
+        self.media_ids = set(media_token_ids(self.processor, self.family).values())
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
             self.tokenizer.eos_token_id
 

@@ -3,7 +3,9 @@
 `build_tiny` makes a small version of each family the paper trains (LLaVA, Qwen2-VL, Qwen2-Audio, Chameleon,
 plus Janus for end-to-end image generation and Llama/Qwen2 for text) with a locally trained tokenizer, a chat
 template and the family's own processor, and saves it as an ordinary Hugging Face folder. `load_model` loads
-that folder, or a full-size hub id / local path on GPU hosts (profile `paper`), through the Auto classes.
+that folder, or a full-size hub id / local path on GPU hosts (profile `paper`), through the Auto classes. A
+checkpoint of another model type is family `causal_lm` (text) or `image_text_to_text` (TI2T) when transformers
+loads it as such: it brings its own chat template, pad token and placeholders.
 
 Notes for trainers (what the families can and cannot do in transformers 5.24):
 - Chameleon: images enter as discrete VQ tokens (`model.model.get_image_tokens(pixel_values)` gives their ids in
@@ -124,11 +126,27 @@ def get_family(name: str) -> Family:
     return FAMILIES[name]
 
 
+# Any other causal LM that transformers loads serves the text subtasks, as in TRL: its own tokenizer and chat
+# template carry what differs (pad = eos, a BOS, ChatML). Any other image-text-to-text model serves TI2T through
+# the standard processor interface: its chat template writes the image placeholder, its processor expands it and
+# names it (`processor.image_token`); its towers are unknown here, so it cannot freeze them.
+CAUSAL_LM = Family("causal_lm", "", "AutoModelForCausalLM", ("t2t",))
+IMAGE_TEXT = Family("image_text_to_text", "", "AutoModelForImageTextToText", ("ti2t",), modalities=("image",))
+FAMILIES.update({CAUSAL_LM.name: CAUSAL_LM, IMAGE_TEXT.name: IMAGE_TEXT})
+
+
 def family_for_model_type(model_type: str) -> str:
+    from transformers.models.auto import modeling_auto as auto
+
     for fam in FAMILIES.values():
         if fam.model_type == model_type:
             return fam.name
-    raise KeyError(f"no aa_lib model family for config.model_type {model_type!r} (known: {', '.join(FAMILIES)})")
+    if model_type in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:  # first: gemma3 is in both tables
+        return IMAGE_TEXT.name
+    if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return CAUSAL_LM.name
+    raise KeyError(f"no aa_lib model family for config.model_type {model_type!r} (known: {', '.join(FAMILIES)}, "
+                   f"or any causal LM / image-text-to-text model of transformers)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,10 +254,14 @@ def train_tokenizer(corpus: Iterable[str], family: str = "llama", vocab_size: in
     return hf
 
 
-def media_token_ids(tokenizer, family: str) -> dict[str, int]:
-    """Token ids of the family's media placeholders (keep them out of any text loss)."""
+def media_token_ids(processor, family: str) -> dict[str, int]:
+    """Token ids of the family's media placeholders (keep them out of any text loss); `processor` may be the
+    tokenizer, except for IMAGE_TEXT models, whose processor names their placeholders."""
     fam = get_family(family)
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in fam.media_tokens.items()}
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = fam.media_tokens if fam is not IMAGE_TEXT else {
+        f"{m}_token": getattr(processor, f"{m}_token") for m in ("image", "video") if getattr(processor, f"{m}_token", None)}
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in tokens.items()}
     unk = getattr(tokenizer, "unk_token_id", None)
     missing = [n for n, i in ids.items() if i is None or (unk is not None and i == unk)]
     if missing:
@@ -468,7 +490,7 @@ def load_model(path_or_id, family: str | None = None, dtype=None, device_map=Non
         return model, T.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = T.AutoConfig.from_pretrained(path_or_id)
     fam = get_family(family or family_for_model_type(config.model_type))
-    if config.model_type != fam.model_type:
+    if fam.model_type and config.model_type != fam.model_type:
         raise ValueError(f"{path_or_id}: config.model_type is {config.model_type!r}, family {fam.name} expects "
                          f"{fam.model_type!r}")
     if dtype is None:

