@@ -15,8 +15,9 @@ for this project after each benchmark's published protocol (what the judge sees,
   documented JSONL layout with a `column_map` for the real file's names.
 
 Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts into the item format of LLaVA-Bench
-(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t), AIR-Bench (ta2t) and InterleavedBench (ti2ti), and `mini_bench_judge` is a `FunctionJudge` over the mini rubric
-answering in each benchmark's format and scale; `MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
+(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t), AIR-Bench (ta2t) and InterleavedBench (ti2ti), and
+`mini_bench_judge` is a `FunctionJudge` over the mini rubric answering in each benchmark's format and scale;
+`MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
 The request builders and scoring functions are the same at both profiles.
 """
 from __future__ import annotations

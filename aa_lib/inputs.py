@@ -21,6 +21,7 @@ each run its subtask's entry as the notebook parameter `inputs`.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,8 @@ MINI_JUDGED = {"llava_bench": "llava", "mia_bench": "mia", "video_chatgpt": "vid
                "interleaved_bench": "interleaved"}
 _NOT_PATHS = {"kind", "base_url", "model", "api_key_env", "column_map", "video_ext", "check_files", "scorer",
               "max_workers"}
-_NOT_LOADER_ARGS = ("scorer", "weights", "max_workers", "truth")  # a benchmark entry's keys that its loader does not take
+# The keys of a benchmark entry that its loader does not take.
+_NOT_LOADER_ARGS = ("scorer", "weights", "max_workers", "truth")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Inputs:
     judge: dict | None = None
 
     @classmethod
-    def of(cls, params: dict | None) -> "Inputs":
+    def of(cls, params: dict | None) -> Inputs:
         unknown = set(params or {}) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"inputs: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -101,9 +103,8 @@ def read_paths(path) -> dict[str, dict]:
 def make_judge(spec: dict | None, cache_dir, benchmark: str | None = None):
     """The judge a paths YAML names: `http` (an OpenAI-compatible endpoint: base_url, model, api_key_env), `hf` (a
     local causal LM: path) or `mini_rubric` (the rehearsal's: the mini rubric, answering in each benchmark's format,
-    reading each item's hidden truth from the benchmark entry's `truth` file). Replies are cached in `cache_dir`, so a rerun makes no calls."""
-    import os
-
+    reading each item's hidden truth from the benchmark entry's `truth` file). Replies are cached in `cache_dir`, so
+    a rerun makes no calls."""
     from aa_lib.judges import HFJudge, HTTPJudge
 
     kind = (spec or {}).get("kind")

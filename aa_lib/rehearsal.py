@@ -2,17 +2,17 @@
 
     python -m aa_lib.rehearsal DIR [--size smoke|default]
     python -m aa_lib.runs policy llf_main llf_ablation llf_feedback_fraction table2_main_results \
-        --profile paper --inputs DIR/paths.yaml --runs-root DIR/runs --figures-dir DIR/figures
+        table3_feedback_ablation fig5_feedback_fraction --profile paper --inputs DIR/paths.yaml \
+        --figures-dir DIR/figures
 
-Per subtask (ti2t, tv2t, ta2t, t2i, ti2ti, and t2t with a real pretrained LM): align-anything-200k-style training files
-(`data/<subtask>/train.parquet`: ti2t / t2i with their image bytes in the file, tv2t / ta2t with `video_path` /
-`audio_path` relative to a media root), the Table 2 benchmark files in the layouts `aa_lib.benchmarks` reads
-(LLaVA-Bench, MIA-Bench, Video-ChatGPT, AIR-Bench, ImageReward and HPS v2 prompt files, InterleavedBench) made from held-out mini prompts, local
-checkpoint folders (the tiny initial policies in place of the 7B ones; SmolLM2-135M-Instruct for t2t), and
-`paths.yaml`. The judge is the mini rubric answering in each benchmark's format (`benchmarks.mini_bench_judge`;
-for t2i a scorer plug-in, `mini_image_scorer`), reading each item's hidden truth from `truth.jsonl`: the rehearsal
-checks that everything runs, its tables are a rehearsal, not results.
-"""
+Per subtask (ti2t, tv2t, ta2t, t2i, ti2ti, and t2t with a real pretrained LM): align-anything-200k-style training
+files (`data/<subtask>/train.parquet`: ti2t / t2i with their image bytes in the file, tv2t / ta2t with `video_path`
+/ `audio_path` relative to a media root), the Table 2 benchmark files in the layouts `aa_lib.benchmarks` reads
+(LLaVA-Bench, MIA-Bench, Video-ChatGPT, AIR-Bench, ImageReward and HPS v2 prompt files, InterleavedBench) made from
+held-out mini prompts, local checkpoint folders (the tiny initial policies in place of the 7B ones;
+SmolLM2-135M-Instruct for t2t), and `paths.yaml`. The judge is the mini rubric answering in each benchmark's format
+(`benchmarks.mini_bench_judge`; for t2i a scorer plug-in, `mini_image_scorer`), reading each item's hidden truth
+from `truth.jsonl`: the rehearsal checks that everything runs, its tables are a rehearsal, not results."""
 from __future__ import annotations
 
 import argparse
