@@ -138,6 +138,8 @@ class HeldOut:
     def score(self, responses: list) -> dict:
         return score_responses(self.subtask, self.metas, responses)
 
+    judge_name = "mini.judge_pair (ties half)"
+
     def judge_pair(self, i: int, a, b):
         return mini.judge_pair(self.metas[i], a, b, self.subtask)
 
@@ -306,7 +308,7 @@ def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
     res = fam.improve(pol, fb, held.subtask, held.examples, sizes, seed)
     ys, stars = [r["y"] for r in res], [r["y_star"] for r in res]
     wr = llf.win_rate(held.judge_pair, ys, stars)
-    return {**wr, "win_rate": 100 * wr["win_rate"],
+    return {**wr, "win_rate": 100 * wr["win_rate"], "judge": held.judge_name,
             "changed": 100 * float(np.mean([not fam.same(y, s) for y, s in zip(ys, stars)])),
             "score_y": held.score(ys)["score"], "score_y_star": held.score(stars)["score"],
             "examples": [{"y": fam.show(r["y"]), "c": r["c"], "y_star": fam.show(r["y_star"])} for r in res[:4]]}

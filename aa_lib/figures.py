@@ -23,6 +23,11 @@ def figures_dir() -> Path:
     return Path(os.environ.get("AA_FIGURES_DIR") or FIGURES_DIR)
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"  # copied verbatim from shared/paper/reported
 OURS, PAPER = "aa_lib (tiny profile, measured)", "paper (reported)"
+
+
+def ours(profile: str = "tiny") -> str:
+    """The label of this package's numbers at a profile (a paper-profile run, the rehearsal's too, is not tiny)."""
+    return OURS if profile == "tiny" else f"aa_lib ({profile} profile, measured)"
 PALETTE = {"ours": "#1f77b4", "paper": "#bbbbbb"}
 
 

@@ -220,6 +220,13 @@ class BenchmarkHeldOut:
             write_bytes_atomic(path, png)
         return [{"text": response.get("text") or "", "image": str(path)}]
 
+    @property
+    def judge_name(self) -> str:
+        """Who decides Table 3's pairs: the rubric on mini items, else the paths YAML's judge (ties half)."""
+        judge = self.inputs.judge or {}
+        return ("mini.judge_pair" if judge.get("kind") == "mini_rubric" else
+                f"{judge.get('kind')}:{judge.get('model') or judge.get('path')}") + " (ties half)"
+
     def judge_pair(self, i: int, a, b):
         """Table 3's strong judge on example i: 1 or 2 for the better response, "tie" (the LLaVA-Bench review format
         with the two responses as the assistants; the mini judge: the rubric on the item's truth)."""
