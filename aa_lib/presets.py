@@ -183,8 +183,10 @@ def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny"
     kw.update({k: v for k, v in overrides.items() if v is not None})  # None: the preset's value (profile paper)
     import torch
 
-    if kw.get("bf16") and not torch.cuda.is_available():
-        kw.setdefault("use_cpu", True)  # transformers runs bf16 on a CPU-only host only when told (CPU autocast)
+    if kw.get("bf16") and not torch.cuda.is_available() and "bf16" not in overrides:
+        # The paper's bf16 is a GPU setting: on a CPU-only host (the rehearsal) transformers refuses it without
+        # use_cpu, and under aa_lib's pinned AVX2 numerics bf16 matmuls are far slower than float32.
+        kw["bf16"] = False
     return cls(**kw)
 
 
