@@ -270,13 +270,11 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
     begin-of-image, codes) or EOS. Prompts are encoded exactly as in image-output SFT and generation (input images
     through the understanding path). temperature 0 is greedy; otherwise each prompt samples from its own generator
     seeded by (seed, its position in `examples`), so results do not depend on batch_size."""
-    from aa_lib.train.image_output import generation_batch, prompt_embeds, prompt_example
+    from aa_lib.train.image_output import decode, generation_batch, prompt_embeds, prompt_example
 
     exs = [prompt_example(policy_example(e, i), i) for i, e in enumerate(examples)]
     tok = processor.tokenizer
     boi = model.generation_config.generation_kwargs["boi_token_id"]
-    stops = torch.tensor([boi, tok.eos_token_id])
-    lm = model.model.language_model
     was_training = model.training
     model.eval()
     texts = []
@@ -286,29 +284,9 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
             batch = generation_batch(model, processor, chunk)
             batch = {**batch, "input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1]}
-            embeds, ids, am = prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
-            pos = (am.cumsum(-1) - 1).clamp(min=0)
-            out = lm(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=True)
-            cache, pos = out.cache, pos[:, -1:]
-            new = torch.full((len(chunk), max_new_tokens), tok.pad_token_id, dtype=torch.long)
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            for k in range(max_new_tokens):
-                logits = model.lm_head(out.last_hidden_state[:, -1]).float().cpu()
-                if temperature == 0:
-                    nxt = logits.argmax(-1)
-                else:
-                    probs = (logits / temperature).softmax(-1)
-                    nxt = torch.cat([torch.multinomial(probs[i], 1, generator=gens[i]) for i in range(len(chunk))])
-                nxt = nxt.masked_fill(done, tok.pad_token_id)
-                new[:, k] = nxt
-                done |= torch.isin(nxt, stops)
-                if bool(done.all()):
-                    break
-                am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
-                pos = pos + 1
-                out = lm(inputs_embeds=model.get_input_embeddings()(nxt[:, None].to(model.device)),
-                         attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
-                cache = out.cache
+            embeds, _, am = prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
+            new = decode(model, embeds, am, max_new_tokens, model.lm_head, model.get_input_embeddings(), gens,
+                         temperature, stops=torch.tensor([boi, tok.eos_token_id]), pad=tok.pad_token_id)
             for row in new.tolist():
                 cut = next((j for j, t in enumerate(row) if t in (boi, tok.eos_token_id)), len(row))
                 texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())

@@ -414,31 +414,22 @@ def janus_code_logps(model, batch: dict, codes: torch.Tensor, temperature: float
 
 
 @torch.no_grad()
-def sample_image_codes(model, batch: dict, generators: list[torch.Generator], temperature: float = 1.0,
-                       cfg_weight: float = 1.0) -> torch.Tensor:
-    """(B, N) VQ codes sampled from Janus's generation head after left-padded prompts ending with begin-of-image.
-
-    cfg_weight > 1 adds classifier-free guidance as Janus does: the unconditional rows keep only BOS and
-    begin-of-image (every other token becomes pad), logits = uncond + w * (cond - uncond). temperature 0 is greedy.
-    """
-    pad = model.generation_config.pad_token_id or 0
+def decode(model, embeds, am, steps: int, head, embed, generators: list[torch.Generator], temperature: float = 1.0,
+           cfg_weight: float = 1.0, stops: torch.Tensor | None = None, pad: int = 0) -> torch.Tensor:
+    """(B, steps) tokens sampled from a Janus language model after left-padded prompt embeddings `embeds` (mask
+    `am`; with guidance the unconditional rows follow the B conditional ones): `head` turns a hidden state into
+    logits, `embed` a (B, 1) token batch into the next inputs. temperature 0 is greedy; `generators[i]` samples row
+    i. cfg_weight != 1: logits = uncond + w * (cond - uncond). A row stops at a token in `stops` (then `pad`)."""
     lm = model.model.language_model
-    embeds, ids, am = prompt_embeds(model, batch)
-    device, B = ids.device, len(ids)
-    guided = cfg_weight != 1.0
-    if guided:
-        keep = (ids == model.generation_config.bos_token_id) | (
-            ids == model.generation_config.generation_kwargs["boi_token_id"])
-        uncond = model.get_input_embeddings()(ids.masked_fill(~keep, pad))
-        embeds, am = torch.cat([embeds, uncond]), torch.cat([am, am])
     pos = (am.cumsum(-1) - 1).clamp(min=0)
     out = lm(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=True)
     cache, pos = out.cache, pos[:, -1:]
-    n = model.config.vision_config.num_image_tokens
-    codes = torch.zeros((B, n), dtype=torch.long)
-    for k in range(n):
-        logits = model.model.generation_head(out.last_hidden_state[:, -1]).float()
-        if guided:
+    B = len(generators)
+    toks = torch.full((B, steps), pad, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    for k in range(steps):
+        logits = head(out.last_hidden_state[:, -1]).float()
+        if cfg_weight != 1.0:
             cond, unc = logits.chunk(2)
             logits = unc + cfg_weight * (cond - unc)
         logits = logits.cpu()
@@ -447,14 +438,36 @@ def sample_image_codes(model, batch: dict, generators: list[torch.Generator], te
         else:
             probs = (logits / temperature).softmax(-1)
             nxt = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(B)])
-        codes[:, k] = nxt
-        step = nxt.to(device).repeat(2 if guided else 1)[:, None]
+        if stops is not None:
+            nxt = nxt.masked_fill(done, pad)
+            done |= torch.isin(nxt, stops)
+        toks[:, k] = nxt
+        if bool(done.all()):
+            break
+        step = nxt.to(model.device).repeat(2 if cfg_weight != 1.0 else 1)[:, None]
         am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
         pos = pos + 1
-        out = lm(inputs_embeds=model.prepare_embeddings_for_image_generation(step), attention_mask=am,
-                 position_ids=pos, cache=cache, use_cache=True)
+        out = lm(inputs_embeds=embed(step), attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
         cache = out.cache
-    return codes
+    return toks
+
+
+@torch.no_grad()
+def sample_image_codes(model, batch: dict, generators: list[torch.Generator], temperature: float = 1.0,
+                       cfg_weight: float = 1.0) -> torch.Tensor:
+    """(B, N) VQ codes sampled from Janus's generation head after left-padded prompts ending with begin-of-image.
+
+    cfg_weight > 1 adds classifier-free guidance as Janus does: the unconditional rows keep only BOS and
+    begin-of-image (every other token becomes pad), logits = uncond + w * (cond - uncond). temperature 0 is greedy.
+    """
+    embeds, ids, am = prompt_embeds(model, batch)
+    if cfg_weight != 1.0:
+        keep = (ids == model.generation_config.bos_token_id) | (
+            ids == model.generation_config.generation_kwargs["boi_token_id"])
+        uncond = model.get_input_embeddings()(ids.masked_fill(~keep, model.generation_config.pad_token_id or 0))
+        embeds, am = torch.cat([embeds, uncond]), torch.cat([am, am])
+    return decode(model, embeds, am, model.config.vision_config.num_image_tokens, model.model.generation_head,
+                  model.prepare_embeddings_for_image_generation, generators, temperature, cfg_weight)
 
 
 def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
