@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
-from aa_lib.records import NonEmptyStr, parse_record, read_records
+from aa_lib.records import NonEmptyStr, parse_record, read_jsonl, read_records
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
@@ -177,18 +177,7 @@ def amu_request(entry: AMUEntry, response: str) -> JudgeRequest:
 
 def read_results(path: str | os.PathLike) -> dict[str, dict]:
     """The last record per id of a results JSONL (a retried item's success replaces its earlier failure)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-            out[str(rec["id"])] = rec
-    return out
+    return {str(rec["id"]): rec for rec in read_jsonl(path)} if Path(path).exists() else {}
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -568,11 +557,3 @@ def overall(amu: float, amg: float) -> float:
         raise ValueError("overall of a NaN score")
     return (amu + amg) / 2
 
-
-__all__ = [
-    "AMU_CATEGORIES", "AMU_SYSTEM_PROMPTS", "AMUEntry", "AMUReference", "AMUReport", "AgentOutput", "COMBINATIONS",
-    "MultipleChoice", "SynergyPairs", "SynergyScorer", "amg_if_request", "amg_score", "amu_request", "amu_score",
-    "append_jsonl", "bradley_terry_loss", "combination", "evaluate_amu", "load_amu", "mcq_score", "overall",
-    "pairwise_accuracy", "parse_agent_output", "read_results", "selection_score", "train_synergy_scorer",
-    "vote_shares", "AMGIFItem", "evaluate_amg_if",
-]

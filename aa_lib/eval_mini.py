@@ -710,6 +710,18 @@ AGENT_SYSTEM_PROMPT = (
 )
 
 
+def _amu_prompt(modalities, vkind: str, visual, audio, question: str) -> dict:
+    """An AMU question as a user turn with the media a model family takes (the others are masked, paper Table 4)."""
+    content, ex = [], {}
+    if vkind in modalities:
+        content.append({"type": vkind})
+        ex["videos" if vkind == "video" else "images"] = [visual]
+    if "audio" in modalities:
+        content.append({"type": "audio"})
+        ex["audios"] = [audio]
+    return {**ex, "prompt": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]}
+
+
 def _agent_target(parts: Mapping[str, str | None]) -> str:
     """Only the produced sections: short targets teach tiny models the format in few steps."""
     tags = ("response", "image_instruction", "audio_instruction", "video_instruction")
@@ -735,18 +747,9 @@ class Agent:
         return get_family(self.family).modalities
 
     def amu_example(self, entry: AMUEntry) -> dict:
-        content, ex = [], {}
-        is_video = Path(entry.visual_path).suffix.lower() in (".mp4", ".avi", ".webm")
-        vkind = "video" if is_video else "image"
-        if vkind in self.modalities:
-            content.append({"type": vkind})
-            ex["videos" if is_video else "images"] = [entry.visual_path]
-        if "audio" in self.modalities:
-            content.append({"type": "audio"})
-            ex["audios"] = [entry.auditory_path]
-        content.append({"type": "text", "text": entry.question})
-        ex["prompt"] = self._messages(content)
-        return ex
+        vkind = "video" if Path(entry.visual_path).suffix.lower() in (".mp4", ".avi", ".webm") else "image"
+        ex = _amu_prompt(self.modalities, vkind, entry.visual_path, entry.auditory_path, entry.question)
+        return {**ex, "prompt": self._messages(ex["prompt"][0]["content"])}
 
     def text_example(self, instruction: str) -> dict:
         return {"prompt": self._messages([{"type": "text", "text": instruction}])}
@@ -792,16 +795,8 @@ def sft_examples(family: str, n_amu: int, n_amg: int, seed: int = 0, cfg: WorldC
     rng = np.random.default_rng([seed, 7301])
     out = []
     for r in amu_records(n_amu, seed + 50_000, cfg):
-        content, ex = [], {}
-        if r["visual_kind"] in mods:
-            content.append({"type": r["visual_kind"]})
-            ex["videos" if r["visual_kind"] == "video" else "images"] = [r["visual"]]
-        if "audio" in mods:
-            content.append({"type": "audio"})
-            ex["audios"] = [r["audio"]]
-        content.append({"type": "text", "text": r["question"]})
         answer = r["references"][int(rng.integers(10))]["answer"]
-        out.append({**ex, "prompt": [{"role": "user", "content": content}],
+        out.append({**_amu_prompt(mods, r["visual_kind"], r["visual"], r["audio"], r["question"]),
                     "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
     amg = make_amg(max(1, n_amg // 8), n_amg - 4 * max(1, n_amg // 8), seed + 50_000, cfg)
     for it in amg.if_items:
@@ -951,11 +946,3 @@ def evaluate_agent(agent: Agent, amu: Sequence[AMUEntry], amg: AMGSet, *, amu_ju
 TABLE4_COLUMNS = ("amu_perception", "amu_reasoning", "amu_instruction_following", "amu_safety", "amu_score",
                   "amg_modality_select", "amg_if_t", "amg_if_v", "amg_if_a", "amg_synergy_tv", "amg_synergy_ta",
                   "amg_synergy_va", "amg_score", "overall")
-
-__all__ = [
-    "AGENT_SYSTEM_PROMPT", "AMGSet", "Agent", "SHAPE_VOICE", "SYNERGY_PAIRS", "SelectionItem", "SynergyJudge",
-    "TABLE4_COLUMNS", "amu_records", "amu_rubric", "amu_rubric_judge", "build_tiny_agent", "claims",
-    "evaluate_agent", "features", "if_judge", "instruction_scene", "load_agent", "load_amg_if", "load_amg_selection",
-    "make_amg", "make_amu", "make_synergy_pairs", "mini_generators", "mini_qa_model", "norm_tokens", "selection_answer",
-    "sft_examples", "train_agent", "train_synergy_judge", "write_amg", "write_amu",
-]
