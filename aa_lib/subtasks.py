@@ -47,17 +47,9 @@ class Subtask:
     paper_family: str | None = None  # the model family the paper trains on this subtask (None: no experiment)
 
     @property
-    def input_code(self) -> str:
-        return "".join(m[0].upper() for m in self.inputs)
-
-    @property
-    def output_code(self) -> str:
-        return "".join(m[0].upper() for m in self.outputs)
-
-    @property
     def code(self) -> str:
         """The paper's name: TI2T, T2I, ..."""
-        return f"{self.input_code}2{self.output_code}"
+        return "2".join("".join(m[0].upper() for m in mods) for mods in (self.inputs, self.outputs))
 
     @property
     def response_modality(self) -> str:

@@ -132,14 +132,6 @@ class ImageOutputCollator:
 # Response log-probabilities
 
 
-def _check_family(model) -> str:
-    family = model.config.model_type
-    if family not in FAMILIES_WITH_IMAGE_OUTPUT:
-        raise ValueError(f"image outputs need a model family that produces images ({', '.join(FAMILIES_WITH_IMAGE_OUTPUT)}), "
-                         f"not {family}")
-    return family
-
-
 def janus_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N) VQ code ids of normalised images (the frozen VQ encoder of a Janus model)."""
     with torch.no_grad():
@@ -193,15 +185,10 @@ def _chameleon_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, t
     ids[placeholder] = bpe
     hidden = model.model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     labels = batch["labels"].clone()
-    labels[target] = _chameleon_target_codes(codes.long(), placeholder, target)
+    slots = torch.full(placeholder.shape, -1, dtype=torch.long, device=placeholder.device)
+    slots[placeholder] = codes.long().flatten().to(placeholder.device)  # code index (0..K-1) per slot, row-major
+    labels[target] = slots[target]
     return hidden, labels, target
-
-
-def _chameleon_target_codes(codes: torch.Tensor, placeholder: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The code index (0..K-1) at each target slot, in row-major slot order."""
-    flat = torch.full(placeholder.shape, -1, dtype=torch.long, device=placeholder.device)
-    flat[placeholder] = codes.flatten().to(placeholder.device)
-    return flat[target]
 
 
 def _chameleon_image_rows(model) -> torch.Tensor:
@@ -215,7 +202,10 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     Returns (logps (B, L-1), mask (B, L-1) of response tokens, image mask (B, L-1) of image-code tokens); position t
     holds log p(token t+1 | tokens <= t). See the module docstring for the heads used per family.
     """
-    family = _check_family(model)
+    family = model.config.model_type
+    if family not in FAMILIES_WITH_IMAGE_OUTPUT:
+        raise ValueError(f"image outputs need a model family that produces images "
+                         f"({', '.join(FAMILIES_WITH_IMAGE_OUTPUT)}), not {family}")
     hidden, labels, target = (_janus_hidden if family == "janus" else _chameleon_hidden)(model, batch)
     h, lab, img = hidden[:, :-1], labels[:, 1:], target[:, 1:]
     mask = lab != -100
@@ -242,20 +232,24 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
 # SFT
 
 
-class ImageSFTTrainer(transformers.Trainer):
+class _LogsStats(transformers.Trainer):
+    """Adds the last step's `_stats` (set in compute_loss) to every loss log."""
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:
+            logs.update(getattr(self, "_stats", {}))
+        super().log(logs, *args, **kwargs)
+
+
+class ImageSFTTrainer(_LogsStats):
     """Cross-entropy on the response (image codes + any text), prompt masked; Janus and Chameleon."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, mask, img = response_logps(model, inputs)
         loss = -(logps * mask).sum() / mask.sum().clamp(min=1)
         with torch.no_grad():
-            self._code_loss = float(-(logps * img).sum() / img.sum().clamp(min=1))
+            self._stats = {"code_loss": float(-(logps * img).sum() / img.sum().clamp(min=1))}
         return (loss, {"logps": logps}) if return_outputs else loss
-
-    def log(self, logs, *args, **kwargs):
-        if "loss" in logs and hasattr(self, "_code_loss"):
-            logs["code_loss"] = self._code_loss
-        super().log(logs, *args, **kwargs)
 
 
 def _load(model_path, config: AAOptions):
@@ -286,7 +280,7 @@ def train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path:
 # DPO
 
 
-class ImageDPOTrainer(transformers.Trainer):
+class ImageDPOTrainer(_LogsStats):
     """DPO on image outputs: -logsigmoid(beta * ((π_c - ref_c) - (π_r - ref_r))), log-probs summed per response."""
 
     def __init__(self, *args, ref_model=None, **kwargs):
@@ -306,11 +300,6 @@ class ImageDPOTrainer(transformers.Trainer):
         self._stats = {"rewards/margins": float(self.args.beta * margin.detach().mean()),
                        "rewards/accuracies": float((margin > 0).float().mean())}
         return (loss, {"margin": margin}) if return_outputs else loss
-
-    def log(self, logs, *args, **kwargs):
-        if "loss" in logs and hasattr(self, "_stats"):
-            logs.update(self._stats)
-        super().log(logs, *args, **kwargs)
 
 
 def build_image_dpo_trainer(config: ImageDPOConfig, model_path, dataset, ref_model_path=None) -> ImageDPOTrainer:
