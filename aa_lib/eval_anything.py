@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -36,23 +36,6 @@ NUM_REFERENCES = 10
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AMUReference:
-    answer: str = field(metadata={"help": "One annotator's answer (with its reasoning)."})
-    visual_keywords: tuple[str, ...] = field(metadata={"help": "Two keywords from the visual input."})
-    auditory_keywords: tuple[str, ...] = field(metadata={"help": "Two keywords from the auditory input."})
-
-
-@dataclass(frozen=True)
-class AMUEntry:
-    id: str = field(metadata={"help": "Unique id of the entry."})
-    question: str = field(metadata={"help": "The text question."})
-    category: str = field(metadata={"help": f"One of {AMU_CATEGORIES}."})
-    visual_path: str = field(metadata={"help": "The visual input (image or video)."})
-    auditory_path: str = field(metadata={"help": "The auditory input (audio or speech)."})
-    references: tuple[AMUReference, ...] = field(metadata={"help": "Ten human references."})
-
-
 def _keyword_list(value):
     return [k.strip() for k in value.split(",")] if isinstance(value, str) else value
 
@@ -61,25 +44,27 @@ def _keyword_list(value):
 Keywords = Annotated[tuple[NonEmptyStr, NonEmptyStr], BeforeValidator(_keyword_list)]
 
 
-class AMUReferenceRecord(BaseModel):
-    answer: NonEmptyStr
-    visual_keywords: Keywords
-    auditory_keywords: Keywords
+class AMUReference(BaseModel, frozen=True):
+    answer: NonEmptyStr = Field(description="One annotator's answer (with its reasoning).")
+    visual_keywords: Keywords = Field(description="Two keywords from the visual input.")
+    auditory_keywords: Keywords = Field(description="Two keywords from the auditory input.")
 
 
-class AMURecord(BaseModel):
-    """One AMU entry as written in a file; validators read `folder`, `check_files`, `num_references` from context.
+class AMUEntry(BaseModel, frozen=True):
+    """One AMU entry. Read from a file (`load_amu`), the validators take `folder`, `check_files` and
+    `num_references` from the validation context, and fields accept our names first, then the public
+    EvalAnything-AMU ones."""
 
-    Fields accept our names first, then the public EvalAnything-AMU ones.
-    """
-
-    question: NonEmptyStr
+    id: str = Field(description="Unique id of the entry.")
+    question: NonEmptyStr = Field(description="The text question.")
     category: Literal[AMU_CATEGORIES] = Field(validation_alias=AliasChoices("category", "evaluation_dimension"))
-    visual_path: NonEmptyStr = Field(
-        validation_alias=AliasChoices("visual_path", "visual_modality_path", "visual_input"))
-    auditory_path: NonEmptyStr = Field(
-        validation_alias=AliasChoices("auditory_path", "auditory_modality_path", "auditory_input"))
-    references: list[AMUReferenceRecord] = Field(validation_alias=AliasChoices("references", "annotations"))
+    visual_path: NonEmptyStr = Field(description="The visual input (image or video).", validation_alias=AliasChoices(
+        "visual_path", "visual_modality_path", "visual_input"))
+    auditory_path: NonEmptyStr = Field(description="The auditory input (audio or speech).",
+                                       validation_alias=AliasChoices("auditory_path", "auditory_modality_path",
+                                                                     "auditory_input"))
+    references: tuple[AMUReference, ...] = Field(description="Ten human references.",
+                                                 validation_alias=AliasChoices("references", "annotations"))
 
     @field_validator("visual_path", "auditory_path")
     @classmethod
@@ -92,7 +77,7 @@ class AMURecord(BaseModel):
 
     @field_validator("references")
     @classmethod
-    def _count(cls, refs: list, info: ValidationInfo) -> list:
+    def _count(cls, refs: tuple, info: ValidationInfo) -> tuple:
         n = (info.context or {}).get("num_references", NUM_REFERENCES)
         if len(refs) != n:
             raise ValueError(f"expected {n} references, got {len(refs)}")
@@ -115,11 +100,8 @@ def load_amu(
         if entry_id in seen:
             raise ValueError(f"{where}: duplicate id")
         seen.add(entry_id)
-        r = parse_record(AMURecord, rec, where, context)
-        entries.append(AMUEntry(
-            id=entry_id, question=r.question, category=r.category, visual_path=r.visual_path,
-            auditory_path=r.auditory_path, references=tuple(AMUReference(**ref.model_dump()) for ref in r.references),
-        ))
+        record = {**rec, "id": entry_id} if isinstance(rec, dict) else rec
+        entries.append(parse_record(AMUEntry, record, where, context))
     if not entries:
         raise ValueError(f"{path}: no entries")
     return entries
