@@ -22,6 +22,7 @@ from typing import Annotated, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from torch.nn import functional as F
 
@@ -292,12 +293,25 @@ def mcq_score(media_path: str, questions: Sequence[MultipleChoice], qa_model: QA
 IF_MODALITIES = ("text", "image", "audio", "video")
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True)
 class AMGIFItem:
-    id: str
-    modality: str  # the output modality the prompt asks for: text, image (judge-rated), audio, video (MCQ)
-    instruction: str
-    questions: tuple[MultipleChoice, ...] = ()  # audio / video only
+    """An AMG instruction-following item, validated on construction and when read (`eval_mini.load_amg_if`)."""
+
+    id: NonEmptyStr
+    modality: Literal[IF_MODALITIES]  # the output modality asked for: text, image (judge-rated), audio, video (MCQ)
+    instruction: NonEmptyStr
+    questions: tuple[MultipleChoice, ...] | None = Field(default=(), validate_default=True)  # audio / video only
+
+    @field_validator("questions")
+    @classmethod
+    def _questions_fit(cls, questions, info: ValidationInfo) -> tuple:
+        modality = info.data.get("modality")
+        if modality in ("audio", "video") and not questions:
+            raise ValueError(f"a {modality} item needs multiple-choice questions")
+        for j, q in enumerate(questions or ()):
+            if not 0 <= q.answer < len(q.options):
+                raise ValueError(f"question {j}: answer {q.answer} is not an index into {len(q.options)} options")
+        return tuple(questions or ())
 
 
 def evaluate_amg_if(
@@ -313,8 +327,6 @@ def evaluate_amg_if(
     records = []
     for it in items:
         rec = {"id": it.id, "modality": it.modality, "score": None, "error": None}
-        if it.modality not in IF_MODALITIES:
-            raise ValueError(f"AMG item {it.id}: modality {it.modality!r} is not one of {IF_MODALITIES}")
         out = outputs.get(it.id)
         if not out:
             rec.update(score=0.0, error="no output")
@@ -326,8 +338,6 @@ def evaluate_amg_if(
         else:
             if qa_model is None:
                 raise ValueError(f"AMG item {it.id}: {it.modality} instruction following needs a qa_model")
-            if not it.questions:
-                raise ValueError(f"AMG item {it.id}: a {it.modality} item needs multiple-choice questions")
             rec["score"] = mean(mcq_score(out, it.questions, qa_model))
         records.append(rec)
     means = {}

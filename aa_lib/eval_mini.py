@@ -24,18 +24,19 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, IF_MODALITIES, AMGIFItem, AMUEntry, MultipleChoice,
+from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
 from aa_lib.judges import FunctionJudge, JudgeRequest
-from aa_lib.records import NonEmptyStr, RecordId, parse_record, read_records
+from aa_lib.records import RecordId, parse_record, read_records
 from aa_lib.media import write_text_atomic as atomic_write_text
 from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
 from aa_lib.mini import checker
@@ -333,12 +334,20 @@ _MCQ = {
 }
 
 
-@dataclass
+@pydantic_dataclass
 class SelectionItem:
-    id: str = field(metadata={"help": "Unique id."})
+    """A modality-selection item, validated on construction and when read (`load_amg_selection`)."""
+
+    id: RecordId = field(metadata={"help": "Unique id."})
     instruction: str = field(metadata={"help": "An open-ended instruction (any output combination may fit)."})
     votes: tuple[str, ...] = field(metadata={"help": "Annotators' chosen output combinations (25 in the paper)."})
     truth: dict | None = field(default=None, metadata={"help": "Mini world: the scene the instruction is about."})
+
+    @field_validator("votes")
+    @classmethod
+    def _known_combinations(cls, votes):
+        vote_shares(votes)  # raises, naming what is wrong
+        return votes
 
     @property
     def shares(self) -> dict[str, float]:
@@ -421,36 +430,6 @@ def write_amg(amg: AMGSet, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     return if_path, sel_path
 
 
-class AMGIFRecord(BaseModel):
-    id: NonEmptyStr
-    modality: Literal[IF_MODALITIES]
-    instruction: NonEmptyStr
-    questions: list[MultipleChoice] | None = Field(default=None, validate_default=True)
-
-    @field_validator("questions")
-    @classmethod
-    def _questions_fit(cls, questions, info: ValidationInfo) -> tuple:
-        modality = info.data.get("modality")
-        if modality in ("audio", "video") and not questions:
-            raise ValueError(f"a {modality} item needs multiple-choice questions")
-        for j, q in enumerate(questions or ()):
-            if not 0 <= q.answer < len(q.options):
-                raise ValueError(f"question {j}: answer {q.answer} is not an index into {len(q.options)} options")
-        return tuple(questions or ())
-
-
-class SelectionRecord(BaseModel):
-    id: RecordId | None = None
-    instruction: str
-    votes: list[str]
-
-    @field_validator("votes")
-    @classmethod
-    def _known_combinations(cls, votes):
-        vote_shares(votes)  # raises, naming what is wrong
-        return votes
-
-
 def _where(path: Path, i: int, rec) -> str:
     return f"{path}: item {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'})"
 
@@ -458,20 +437,16 @@ def _where(path: Path, i: int, rec) -> str:
 def load_amg_if(path: str | os.PathLike) -> list[AMGIFItem]:
     """AMG instruction-following items: [{"id", "modality", "instruction", "questions": [{question, options,
     answer (index)}]}]; audio/video items need questions. Errors name the file, item and field."""
-    items = []
-    for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
-        r = parse_record(AMGIFRecord, rec, _where(path, i, rec))
-        items.append(AMGIFItem(id=r.id, modality=r.modality, instruction=r.instruction, questions=r.questions))
-    return items
+    return [parse_record(AMGIFItem, rec, _where(path, i, rec))
+            for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False))]
 
 
 def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
-    """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}]."""
+    """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}] (no id: the item's index)."""
     items = []
     for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
-        r = parse_record(SelectionRecord, rec, _where(path, i, rec))
-        items.append(SelectionItem(id=r.id if r.id is not None else str(i), instruction=r.instruction,
-                                   votes=tuple(r.votes)))
+        record = {**rec, "id": str(i) if rec.get("id") is None else rec["id"]} if isinstance(rec, dict) else rec
+        items.append(parse_record(SelectionItem, record, _where(path, i, rec)))
     return items
 
 
