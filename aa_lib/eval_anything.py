@@ -249,15 +249,13 @@ AMG_IF_SYSTEM_PROMPT = (
 
 def amg_if_request(instruction: str, output: str, modality: str) -> JudgeRequest:
     """Judge request for text (output is the text) or image (output is the image path) instruction following."""
-    if modality == "text":
-        user = f"[Instruction]\n{instruction}\n\n[Text output]\n{output}\n[End of output]"
-        return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality="text"),
-                            meta={"instruction": instruction, "output": output, "modality": modality})
-    if modality == "image":
-        user = f"[Instruction]\n{instruction}\n\nThe attached image is the system's output."
-        return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality="image"), media=(output,),
-                            meta={"instruction": instruction, "output": output, "modality": modality})
-    raise ValueError(f"judge-rated instruction following covers text and image, not {modality!r} (use mcq_score)")
+    if modality not in ("text", "image"):
+        raise ValueError(f"judge-rated instruction following covers text and image, not {modality!r} (use mcq_score)")
+    user = (f"[Instruction]\n{instruction}\n\n[Text output]\n{output}\n[End of output]" if modality == "text"
+            else f"[Instruction]\n{instruction}\n\nThe attached image is the system's output.")
+    return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality=modality),
+                        media=(output,) if modality == "image" else (),
+                        meta={"instruction": instruction, "output": output, "modality": modality})
 
 
 @dataclass(frozen=True)

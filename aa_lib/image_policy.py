@@ -252,9 +252,8 @@ def policy_example(example, index: int = 0) -> dict:
     if not isinstance(example, dict) or "prompt" not in example:
         raise ValueError(f"example #{index}: expected a prompt string or a dict with 'prompt', got "
                          f"{type(example).__name__}")
-    if not isinstance(example["prompt"], str):
-        return {"prompt": example["prompt"], "images": list(example.get("images") or [])}
-    if example.get("image") is not None:  # a ti2ti held-out row: the input image goes before the instruction
+    if isinstance(example["prompt"], str) and example.get("image") is not None:
+        # a ti2ti held-out row: the input image goes before the instruction
         image = example["image"]
         image = image.get("bytes") or image.get("path") if isinstance(image, dict) else image
         return {"prompt": [{"role": "user", "content": [{"type": "image"},
