@@ -119,7 +119,7 @@ class _Raw:
 
 
 def _pylist(col) -> list:
-    return col.to_pylist() if isinstance(col, (pa.Array, pa.ChunkedArray)) else list(col)
+    return col.to_pylist() if _is_arrow(col) else list(col)
 
 
 def _from_table(table: pa.Table, label: str, root) -> _Raw:
@@ -250,8 +250,7 @@ def _read(source, split: str | None, st: Subtask, column_map) -> _Raw:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 ds = _pick_split(ds, split, str(path))
-            raw = _from_table(ds.with_format("arrow")[:], str(path), path)
-            return raw
+            return _from_table(ds.with_format("arrow")[:], str(path), path)
         files = sorted(f for f in path.rglob("*") if f.suffix.lower() in (".parquet", ".jsonl", ".json")
                        and not f.name.startswith(".") and f.name != "dataset_info.json")
         if split is not None:

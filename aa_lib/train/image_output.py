@@ -329,8 +329,7 @@ def prompt_example(p, index: int) -> dict:
     if isinstance(p, list):
         return {"prompt": p, "images": []}
     if isinstance(p, dict) and "prompt" in p:
-        ex = _output_example({**p, "completion_images": []}, index)
-        return ex
+        return _output_example({**p, "completion_images": []}, index)
     raise CollatorError(f"prompt #{index}: expected a string, a message list or a dict with 'prompt', got "
                         f"{type(p).__name__}")
 
