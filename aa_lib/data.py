@@ -44,6 +44,7 @@ as TRL fills placeholders. `audios`/`videos` are aa_lib's extension (TRL has onl
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -118,7 +119,7 @@ class _Raw:
 
 
 def _pylist(col) -> list:
-    return col.to_pylist() if isinstance(col, (pa.Array, pa.ChunkedArray)) else list(col)
+    return col.to_pylist() if _is_arrow(col) else list(col)
 
 
 def _from_table(table: pa.Table, label: str, root) -> _Raw:
@@ -249,8 +250,7 @@ def _read(source, split: str | None, st: Subtask, column_map) -> _Raw:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 ds = _pick_split(ds, split, str(path))
-            raw = _from_table(ds.with_format("arrow")[:], str(path), path)
-            return raw
+            return _from_table(ds.with_format("arrow")[:], str(path), path)
         files = sorted(f for f in path.rglob("*") if f.suffix.lower() in (".parquet", ".jsonl", ".json")
                        and not f.name.startswith(".") and f.name != "dataset_info.json")
         if split is not None:
@@ -834,25 +834,42 @@ class _Turns:
     def __init__(self, st: Subtask, batch: pa.Table):
         self.st, self.batch = st, batch
         self.in_mod = st.inputs[1] if st.media_column else None
+        self.out_mod = _response_modality(st)
         self.prompts = batch.column(st.prompt_column).to_pylist()
         self.media = batch.column(st.media_column).to_pylist() if st.media_column else None
 
     def col(self, name):
         return self.batch.column(name).to_pylist()
 
+    @functools.cached_property
+    def responses(self) -> tuple[list, list | None]:
+        """The two response columns, and the two response media columns (ti2ti) or None."""
+        media = self.st.response_media_columns
+        return [self.col(c) for c in self.st.response_columns], [self.col(c) for c in media] if media else None
+
     def user(self, j: int) -> dict:
         before = (self.in_mod,) if self.in_mod else ()
         return {"role": "user", "content": _content(self.st, self.prompts[j], before=before)}
 
-    def response(self, j: int, k: int, resp: list, resp_media: list | None) -> tuple[dict, list]:
+    def response(self, j: int, k: int) -> tuple[dict, list]:
         """The assistant turn with response k (1 or 2), and the response's media (for its placeholders)."""
-        st = self.st
+        st, (resp, resp_media) = self.st, self.responses
         if st.text_output:
             return {"role": "assistant", "content": _content(st, resp[k - 1][j])}, []
         if resp_media is not None:  # ti2ti: text then image
             content = _content(st, resp[k - 1][j], after=("image",))
             return {"role": "assistant", "content": content}, [resp_media[k - 1][j]]
         return {"role": "assistant", "content": _content(st, after=(st.response_modality,))}, [resp[k - 1][j]]
+
+    def add_media(self, out: dict, j: int, media: list):
+        """Append row j's conversation media (the prompt's, then the response's `media`) to the lists in `out`."""
+        lists = {m: [] for m in out if m not in ("prompt", "completion")}
+        if self.in_mod:
+            lists[f"{self.in_mod}s"].append(self.media[j])
+        if self.out_mod:
+            lists[f"{self.out_mod}s"] += media
+        for m, v in lists.items():
+            out[m].append(v)
 
 
 def _response_modality(st: Subtask) -> str | None:
@@ -892,21 +909,16 @@ def _pair_features(st: Subtask) -> dict:
 
 
 def _pair_rows(st: Subtask, label_col: str):
-    out_mod = _response_modality(st)
-
     def fn(batch: pa.Table, indices) -> dict:
         turns = _Turns(st, batch)
-        labels = turns.col(label_col)
-        resp = [turns.col(c) for c in st.response_columns]
-        resp_media = [turns.col(c) for c in st.response_media_columns] if st.response_media_columns else None
         out = {k: [] for k in _pair_features(st)}
-        for j, k in enumerate(labels):
+        for j, k in enumerate(turns.col(label_col)):
             out["prompt"].append([turns.user(j)])
             for side, idx in (("chosen", k), ("rejected", 3 - k)):
-                msg, media = turns.response(j, idx, resp, resp_media)
+                msg, media = turns.response(j, idx)
                 out[side].append([msg])
-                if out_mod:
-                    out[f"{side}_{out_mod}s"].append(media)
+                if turns.out_mod:
+                    out[f"{side}_{turns.out_mod}s"].append(media)
             if st.media_column:
                 out[f"{turns.in_mod}s"].append([turns.media[j]])
         return out
@@ -960,25 +972,16 @@ def to_sft(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
     """
     st = _subtask_of(ds, subtask)
     keep, label_col, report = _pairs(ds, st, None, False, "to_sft")
-    out_mod = _response_modality(st)
     feats = _conversation_features(st, "prompt", "completion")
 
     def fn(batch, indices):
         turns = _Turns(st, batch)
-        resp = [turns.col(c) for c in st.response_columns]
-        resp_media = [turns.col(c) for c in st.response_media_columns] if st.response_media_columns else None
         out = {k: [] for k in feats}
         for j, k in enumerate(turns.col(label_col)):
-            msg, media = turns.response(j, k, resp, resp_media)
+            msg, media = turns.response(j, k)
             out["prompt"].append([turns.user(j)])
             out["completion"].append([msg])
-            lists = {m: [] for m in feats if m not in ("prompt", "completion")}
-            if st.media_column:
-                lists[f"{turns.in_mod}s"].append(turns.media[j])
-            if out_mod:
-                lists[f"{out_mod}s"] += media
-            for m, v in lists.items():
-                out[m].append(v)
+            turns.add_media(out, j, media)
         return out
 
     return _convert(ds, fn, Features(feats), report, keep)
@@ -1001,29 +1004,20 @@ def to_feedback_sft(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
         has.append(ok)
         dropped += [(int(i), c, "no critique") for i in np.flatnonzero(~ok)]
     report = Report("to_feedback_sft", len(ds), 0, sorted(dropped))
-    out_mod = _response_modality(st)
     feats = _conversation_features(st, "prompt", "completion")
 
     def fn(batch, indices):
         turns = _Turns(st, batch)
-        resp = [turns.col(c) for c in st.response_columns]
-        resp_media = [turns.col(c) for c in st.response_media_columns] if st.response_media_columns else None
         crit = [turns.col(c) for c in st.critique_columns]
         out = {k: [] for k in feats}
         for j, idx in enumerate(indices):
             for k in (1, 2):
                 if not has[k - 1][idx]:
                     continue
-                msg, media = turns.response(j, k, resp, resp_media)
+                msg, media = turns.response(j, k)
                 out["prompt"].append([turns.user(j), msg, {"role": "user", "content": _content(st, request)}])
                 out["completion"].append([{"role": "assistant", "content": _content(st, crit[k - 1][j].strip())}])
-                lists = {m: [] for m in feats if m not in ("prompt", "completion")}
-                if st.media_column:
-                    lists[f"{turns.in_mod}s"].append(turns.media[j])
-                if out_mod:
-                    lists[f"{out_mod}s"] += media
-                for m, v in lists.items():
-                    out[m].append(v)
+                turns.add_media(out, j, media)
         return out
 
     return _convert(ds, fn, Features(feats), report, has[0] | has[1])

@@ -16,17 +16,18 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
-from aa_lib.records import NonEmptyStr, parse_record, read_records
+from aa_lib.records import NonEmptyStr, parse_record, read_jsonl, read_records
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
@@ -34,23 +35,6 @@ NUM_REFERENCES = 10
 # ---------------------------------------------------------------------------------------------------------------
 # AMU data
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AMUReference:
-    answer: str = field(metadata={"help": "One annotator's answer (with its reasoning)."})
-    visual_keywords: tuple[str, ...] = field(metadata={"help": "Two keywords from the visual input."})
-    auditory_keywords: tuple[str, ...] = field(metadata={"help": "Two keywords from the auditory input."})
-
-
-@dataclass(frozen=True)
-class AMUEntry:
-    id: str = field(metadata={"help": "Unique id of the entry."})
-    question: str = field(metadata={"help": "The text question."})
-    category: str = field(metadata={"help": f"One of {AMU_CATEGORIES}."})
-    visual_path: str = field(metadata={"help": "The visual input (image or video)."})
-    auditory_path: str = field(metadata={"help": "The auditory input (audio or speech)."})
-    references: tuple[AMUReference, ...] = field(metadata={"help": "Ten human references."})
 
 
 def _keyword_list(value):
@@ -61,25 +45,27 @@ def _keyword_list(value):
 Keywords = Annotated[tuple[NonEmptyStr, NonEmptyStr], BeforeValidator(_keyword_list)]
 
 
-class AMUReferenceRecord(BaseModel):
-    answer: NonEmptyStr
-    visual_keywords: Keywords
-    auditory_keywords: Keywords
+class AMUReference(BaseModel, frozen=True):
+    answer: NonEmptyStr = Field(description="One annotator's answer (with its reasoning).")
+    visual_keywords: Keywords = Field(description="Two keywords from the visual input.")
+    auditory_keywords: Keywords = Field(description="Two keywords from the auditory input.")
 
 
-class AMURecord(BaseModel):
-    """One AMU entry as written in a file; validators read `folder`, `check_files`, `num_references` from context.
+class AMUEntry(BaseModel, frozen=True):
+    """One AMU entry. Read from a file (`load_amu`), the validators take `folder`, `check_files` and
+    `num_references` from the validation context, and fields accept our names first, then the public
+    EvalAnything-AMU ones."""
 
-    Fields accept our names first, then the public EvalAnything-AMU ones.
-    """
-
-    question: NonEmptyStr
+    id: str = Field(description="Unique id of the entry.")
+    question: NonEmptyStr = Field(description="The text question.")
     category: Literal[AMU_CATEGORIES] = Field(validation_alias=AliasChoices("category", "evaluation_dimension"))
-    visual_path: NonEmptyStr = Field(
-        validation_alias=AliasChoices("visual_path", "visual_modality_path", "visual_input"))
-    auditory_path: NonEmptyStr = Field(
-        validation_alias=AliasChoices("auditory_path", "auditory_modality_path", "auditory_input"))
-    references: list[AMUReferenceRecord] = Field(validation_alias=AliasChoices("references", "annotations"))
+    visual_path: NonEmptyStr = Field(description="The visual input (image or video).", validation_alias=AliasChoices(
+        "visual_path", "visual_modality_path", "visual_input"))
+    auditory_path: NonEmptyStr = Field(description="The auditory input (audio or speech).",
+                                       validation_alias=AliasChoices("auditory_path", "auditory_modality_path",
+                                                                     "auditory_input"))
+    references: tuple[AMUReference, ...] = Field(description="Ten human references.",
+                                                 validation_alias=AliasChoices("references", "annotations"))
 
     @field_validator("visual_path", "auditory_path")
     @classmethod
@@ -92,7 +78,7 @@ class AMURecord(BaseModel):
 
     @field_validator("references")
     @classmethod
-    def _count(cls, refs: list, info: ValidationInfo) -> list:
+    def _count(cls, refs: tuple, info: ValidationInfo) -> tuple:
         n = (info.context or {}).get("num_references", NUM_REFERENCES)
         if len(refs) != n:
             raise ValueError(f"expected {n} references, got {len(refs)}")
@@ -115,11 +101,8 @@ def load_amu(
         if entry_id in seen:
             raise ValueError(f"{where}: duplicate id")
         seen.add(entry_id)
-        r = parse_record(AMURecord, rec, where, context)
-        entries.append(AMUEntry(
-            id=entry_id, question=r.question, category=r.category, visual_path=r.visual_path,
-            auditory_path=r.auditory_path, references=tuple(AMUReference(**ref.model_dump()) for ref in r.references),
-        ))
+        record = {**rec, "id": entry_id} if isinstance(rec, dict) else rec
+        entries.append(parse_record(AMUEntry, record, where, context))
     if not entries:
         raise ValueError(f"{path}: no entries")
     return entries
@@ -177,18 +160,7 @@ def amu_request(entry: AMUEntry, response: str) -> JudgeRequest:
 
 def read_results(path: str | os.PathLike) -> dict[str, dict]:
     """The last record per id of a results JSONL (a retried item's success replaces its earlier failure)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-            out[str(rec["id"])] = rec
-    return out
+    return {str(rec["id"]): rec for rec in read_jsonl(path)} if Path(path).exists() else {}
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -277,15 +249,13 @@ AMG_IF_SYSTEM_PROMPT = (
 
 def amg_if_request(instruction: str, output: str, modality: str) -> JudgeRequest:
     """Judge request for text (output is the text) or image (output is the image path) instruction following."""
-    if modality == "text":
-        user = f"[Instruction]\n{instruction}\n\n[Text output]\n{output}\n[End of output]"
-        return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality="text"),
-                            meta={"instruction": instruction, "output": output, "modality": modality})
-    if modality == "image":
-        user = f"[Instruction]\n{instruction}\n\nThe attached image is the system's output."
-        return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality="image"), media=(output,),
-                            meta={"instruction": instruction, "output": output, "modality": modality})
-    raise ValueError(f"judge-rated instruction following covers text and image, not {modality!r} (use mcq_score)")
+    if modality not in ("text", "image"):
+        raise ValueError(f"judge-rated instruction following covers text and image, not {modality!r} (use mcq_score)")
+    user = (f"[Instruction]\n{instruction}\n\n[Text output]\n{output}\n[End of output]" if modality == "text"
+            else f"[Instruction]\n{instruction}\n\nThe attached image is the system's output.")
+    return JudgeRequest(user=user, system=AMG_IF_SYSTEM_PROMPT.format(modality=modality),
+                        media=(output,) if modality == "image" else (),
+                        meta={"instruction": instruction, "output": output, "modality": modality})
 
 
 @dataclass(frozen=True)
@@ -321,12 +291,25 @@ def mcq_score(media_path: str, questions: Sequence[MultipleChoice], qa_model: QA
 IF_MODALITIES = ("text", "image", "audio", "video")
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True)
 class AMGIFItem:
-    id: str
-    modality: str  # the output modality the prompt asks for: text, image (judge-rated), audio, video (MCQ)
-    instruction: str
-    questions: tuple[MultipleChoice, ...] = ()  # audio / video only
+    """An AMG instruction-following item, validated on construction and when read (`eval_mini.load_amg_if`)."""
+
+    id: NonEmptyStr
+    modality: Literal[IF_MODALITIES]  # the output modality asked for: text, image (judge-rated), audio, video (MCQ)
+    instruction: NonEmptyStr
+    questions: tuple[MultipleChoice, ...] | None = Field(default=(), validate_default=True)  # audio / video only
+
+    @field_validator("questions")
+    @classmethod
+    def _questions_fit(cls, questions, info: ValidationInfo) -> tuple:
+        modality = info.data.get("modality")
+        if modality in ("audio", "video") and not questions:
+            raise ValueError(f"a {modality} item needs multiple-choice questions")
+        for j, q in enumerate(questions or ()):
+            if not 0 <= q.answer < len(q.options):
+                raise ValueError(f"question {j}: answer {q.answer} is not an index into {len(q.options)} options")
+        return tuple(questions or ())
 
 
 def evaluate_amg_if(
@@ -342,8 +325,6 @@ def evaluate_amg_if(
     records = []
     for it in items:
         rec = {"id": it.id, "modality": it.modality, "score": None, "error": None}
-        if it.modality not in IF_MODALITIES:
-            raise ValueError(f"AMG item {it.id}: modality {it.modality!r} is not one of {IF_MODALITIES}")
         out = outputs.get(it.id)
         if not out:
             rec.update(score=0.0, error="no output")
@@ -355,8 +336,6 @@ def evaluate_amg_if(
         else:
             if qa_model is None:
                 raise ValueError(f"AMG item {it.id}: {it.modality} instruction following needs a qa_model")
-            if not it.questions:
-                raise ValueError(f"AMG item {it.id}: a {it.modality} item needs multiple-choice questions")
             rec["score"] = mean(mcq_score(out, it.questions, qa_model))
         records.append(rec)
     means = {}
@@ -568,11 +547,3 @@ def overall(amu: float, amg: float) -> float:
         raise ValueError("overall of a NaN score")
     return (amu + amg) / 2
 
-
-__all__ = [
-    "AMU_CATEGORIES", "AMU_SYSTEM_PROMPTS", "AMUEntry", "AMUReference", "AMUReport", "AgentOutput", "COMBINATIONS",
-    "MultipleChoice", "SynergyPairs", "SynergyScorer", "amg_if_request", "amg_score", "amu_request", "amu_score",
-    "append_jsonl", "bradley_terry_loss", "combination", "evaluate_amu", "load_amu", "mcq_score", "overall",
-    "pairwise_accuracy", "parse_agent_output", "read_results", "selection_score", "train_synergy_scorer",
-    "vote_shares", "AMGIFItem", "evaluate_amg_if",
-]

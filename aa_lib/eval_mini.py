@@ -24,18 +24,19 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, IF_MODALITIES, AMGIFItem, AMUEntry, MultipleChoice,
+from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
 from aa_lib.judges import FunctionJudge, JudgeRequest
-from aa_lib.records import NonEmptyStr, RecordId, parse_record, read_records
+from aa_lib.records import RecordId, parse_record, read_records
 from aa_lib.media import write_text_atomic as atomic_write_text
 from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
 from aa_lib.mini import checker
@@ -333,12 +334,20 @@ _MCQ = {
 }
 
 
-@dataclass
+@pydantic_dataclass
 class SelectionItem:
-    id: str = field(metadata={"help": "Unique id."})
+    """A modality-selection item, validated on construction and when read (`load_amg_selection`)."""
+
+    id: RecordId = field(metadata={"help": "Unique id."})
     instruction: str = field(metadata={"help": "An open-ended instruction (any output combination may fit)."})
     votes: tuple[str, ...] = field(metadata={"help": "Annotators' chosen output combinations (25 in the paper)."})
     truth: dict | None = field(default=None, metadata={"help": "Mini world: the scene the instruction is about."})
+
+    @field_validator("votes")
+    @classmethod
+    def _known_combinations(cls, votes):
+        vote_shares(votes)  # raises, naming what is wrong
+        return votes
 
     @property
     def shares(self) -> dict[str, float]:
@@ -421,36 +430,6 @@ def write_amg(amg: AMGSet, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     return if_path, sel_path
 
 
-class AMGIFRecord(BaseModel):
-    id: NonEmptyStr
-    modality: Literal[IF_MODALITIES]
-    instruction: NonEmptyStr
-    questions: list[MultipleChoice] | None = Field(default=None, validate_default=True)
-
-    @field_validator("questions")
-    @classmethod
-    def _questions_fit(cls, questions, info: ValidationInfo) -> tuple:
-        modality = info.data.get("modality")
-        if modality in ("audio", "video") and not questions:
-            raise ValueError(f"a {modality} item needs multiple-choice questions")
-        for j, q in enumerate(questions or ()):
-            if not 0 <= q.answer < len(q.options):
-                raise ValueError(f"question {j}: answer {q.answer} is not an index into {len(q.options)} options")
-        return tuple(questions or ())
-
-
-class SelectionRecord(BaseModel):
-    id: RecordId | None = None
-    instruction: str
-    votes: list[str]
-
-    @field_validator("votes")
-    @classmethod
-    def _known_combinations(cls, votes):
-        vote_shares(votes)  # raises, naming what is wrong
-        return votes
-
-
 def _where(path: Path, i: int, rec) -> str:
     return f"{path}: item {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'})"
 
@@ -458,20 +437,16 @@ def _where(path: Path, i: int, rec) -> str:
 def load_amg_if(path: str | os.PathLike) -> list[AMGIFItem]:
     """AMG instruction-following items: [{"id", "modality", "instruction", "questions": [{question, options,
     answer (index)}]}]; audio/video items need questions. Errors name the file, item and field."""
-    items = []
-    for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
-        r = parse_record(AMGIFRecord, rec, _where(path, i, rec))
-        items.append(AMGIFItem(id=r.id, modality=r.modality, instruction=r.instruction, questions=r.questions))
-    return items
+    return [parse_record(AMGIFItem, rec, _where(path, i, rec))
+            for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False))]
 
 
 def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
-    """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}]."""
+    """Modality-selection items: [{"id", "instruction", "votes": ["ti", "t", ...]}] (no id: the item's index)."""
     items = []
     for i, rec in enumerate(read_records(Path(path), "items", allow_empty=False)):
-        r = parse_record(SelectionRecord, rec, _where(path, i, rec))
-        items.append(SelectionItem(id=r.id if r.id is not None else str(i), instruction=r.instruction,
-                                   votes=tuple(r.votes)))
+        record = {**rec, "id": str(i) if rec.get("id") is None else rec["id"]} if isinstance(rec, dict) else rec
+        items.append(parse_record(SelectionItem, record, _where(path, i, rec)))
     return items
 
 
@@ -710,6 +685,18 @@ AGENT_SYSTEM_PROMPT = (
 )
 
 
+def _amu_prompt(modalities, vkind: str, visual, audio, question: str) -> dict:
+    """An AMU question as a user turn with the media a model family takes (the others are masked, paper Table 4)."""
+    content, ex = [], {}
+    if vkind in modalities:
+        content.append({"type": vkind})
+        ex["videos" if vkind == "video" else "images"] = [visual]
+    if "audio" in modalities:
+        content.append({"type": "audio"})
+        ex["audios"] = [audio]
+    return {**ex, "prompt": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]}
+
+
 def _agent_target(parts: Mapping[str, str | None]) -> str:
     """Only the produced sections: short targets teach tiny models the format in few steps."""
     tags = ("response", "image_instruction", "audio_instruction", "video_instruction")
@@ -735,18 +722,9 @@ class Agent:
         return get_family(self.family).modalities
 
     def amu_example(self, entry: AMUEntry) -> dict:
-        content, ex = [], {}
-        is_video = Path(entry.visual_path).suffix.lower() in (".mp4", ".avi", ".webm")
-        vkind = "video" if is_video else "image"
-        if vkind in self.modalities:
-            content.append({"type": vkind})
-            ex["videos" if is_video else "images"] = [entry.visual_path]
-        if "audio" in self.modalities:
-            content.append({"type": "audio"})
-            ex["audios"] = [entry.auditory_path]
-        content.append({"type": "text", "text": entry.question})
-        ex["prompt"] = self._messages(content)
-        return ex
+        vkind = "video" if Path(entry.visual_path).suffix.lower() in (".mp4", ".avi", ".webm") else "image"
+        ex = _amu_prompt(self.modalities, vkind, entry.visual_path, entry.auditory_path, entry.question)
+        return {**ex, "prompt": self._messages(ex["prompt"][0]["content"])}
 
     def text_example(self, instruction: str) -> dict:
         return {"prompt": self._messages([{"type": "text", "text": instruction}])}
@@ -792,16 +770,8 @@ def sft_examples(family: str, n_amu: int, n_amg: int, seed: int = 0, cfg: WorldC
     rng = np.random.default_rng([seed, 7301])
     out = []
     for r in amu_records(n_amu, seed + 50_000, cfg):
-        content, ex = [], {}
-        if r["visual_kind"] in mods:
-            content.append({"type": r["visual_kind"]})
-            ex["videos" if r["visual_kind"] == "video" else "images"] = [r["visual"]]
-        if "audio" in mods:
-            content.append({"type": "audio"})
-            ex["audios"] = [r["audio"]]
-        content.append({"type": "text", "text": r["question"]})
         answer = r["references"][int(rng.integers(10))]["answer"]
-        out.append({**ex, "prompt": [{"role": "user", "content": content}],
+        out.append({**_amu_prompt(mods, r["visual_kind"], r["visual"], r["audio"], r["question"]),
                     "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
     amg = make_amg(max(1, n_amg // 8), n_amg - 4 * max(1, n_amg // 8), seed + 50_000, cfg)
     for it in amg.if_items:
@@ -951,11 +921,3 @@ def evaluate_agent(agent: Agent, amu: Sequence[AMUEntry], amg: AMGSet, *, amu_ju
 TABLE4_COLUMNS = ("amu_perception", "amu_reasoning", "amu_instruction_following", "amu_safety", "amu_score",
                   "amg_modality_select", "amg_if_t", "amg_if_v", "amg_if_a", "amg_synergy_tv", "amg_synergy_ta",
                   "amg_synergy_va", "amg_score", "overall")
-
-__all__ = [
-    "AGENT_SYSTEM_PROMPT", "AMGSet", "Agent", "SHAPE_VOICE", "SYNERGY_PAIRS", "SelectionItem", "SynergyJudge",
-    "TABLE4_COLUMNS", "amu_records", "amu_rubric", "amu_rubric_judge", "build_tiny_agent", "claims",
-    "evaluate_agent", "features", "if_judge", "instruction_scene", "load_agent", "load_amg_if", "load_amg_selection",
-    "make_amg", "make_amu", "make_synergy_pairs", "mini_generators", "mini_qa_model", "norm_tokens", "selection_answer",
-    "sft_examples", "train_agent", "train_synergy_judge", "write_amg", "write_amu",
-]

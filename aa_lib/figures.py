@@ -85,7 +85,6 @@ def plot_agreement(ours: pd.DataFrame, paper: pd.DataFrame, note: str = ""):
     """Table 1 as bars: agreement (%) without / with language feedback per subtask, ours beside the paper's.
     Both frames have columns subtask, without_lf_mean, without_lf_std, with_lf_mean, with_lf_std."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
@@ -146,7 +145,6 @@ def plot_human_ai_agreement(table: pd.DataFrame):
     """Fig. 13: human-AI agreement (%) per subtask, for each modality-agnostic dimension and the overall preference.
     `table`: subtask, dimension, agreement (mean over seeds), agreement_std."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     set_style()
     subtasks = list(dict.fromkeys(table["subtask"]))

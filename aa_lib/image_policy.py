@@ -1,11 +1,9 @@
-"""A tiny Janus image policy (T2I, TI2TI) that has learnt something, for the tiny profile's image-output experiments.
+"""The image policy's own pieces (T2I, TI2TI): its starting point, its SFT targets and how it responds.
 
-`prepare_image_policy(out_dir, seed=0, subtask="t2i"|"ti2ti", budget="tiny", extra_rows=None) -> (path, report)`
-starts from a tiny Janus whose VQ autoencoder is fitted to the mini world's canonical images (`vq_tokenizer`: one
-fit per machine, shared by every seed and by t2i and ti2ti, process-safe; `start_model(seed)` puts it into the
-seed's own tiny Janus), runs a short image SFT on canonical targets (+ `extra_rows`) and measures rubric scores of
-greedy responses (`generate_responses`: t2i images; ti2ti text, then the image conditioned on prompt + text) on
-held-out prompts before and after.
+`start_model(seed)` is a tiny Janus whose VQ autoencoder is fitted to the mini world's canonical images
+(`vq_tokenizer`: one fit per machine, shared by every seed and by t2i and ti2ti, process-safe), `sft_rows` pairs
+fresh world prompts with canonical targets, `generate_responses` answers (t2i images; ti2ti text, then the image
+conditioned on prompt + text). `aa_lib.policies.ImagePolicy` trains and evaluates it.
 
 Why the SFT targets are "canonical" renders and not the dataset's preferred responses (measured by helper-10: SFT
 on the mini rows for ~60 s leaves the rubric score where it was): a row's preferred image is a simulated
@@ -14,26 +12,14 @@ and pixel noise, so the 4x4 code grid of a prompt is spread over many codes. Her
 hidden truth rendered without noise, jitter or radius spread (the refusal of an unsafe prompt: an empty canvas).
 There are only 4 colours x 3 shapes x 4 positions x 3 counts + 1 such images, so each prompt has one code
 sequence: a deterministic map a tiny policy can learn in minutes. The VQ is fitted to these 145 images with shape
-pixels weighted up (`fit_vq`), and a 256-code book (a 64-code book decodes every shape in one mean colour).
-Held-out prompts and scoring use the ordinary world (its truth), so the scores are the rubric's usual ones.
+pixels weighted up (`train_image_tokenizer`), and a 256-code book (a 64-code book decodes every shape in one mean
+colour).
 
-Measured (seed 0, 48 held-out prompts, greedy; overall rubric out of 27, chance colour 25%), budget "tiny":
-  untrained (tokenizer fitted, no SFT) 15.2, colour 7%, position 22%, count 7%;
-  SFT (900 steps, ~170 s)              21.5, colour 59%, shape 37%, position 98%, count 70%;
-  VQ round trip of the targets (ceiling) 22.7, colour 70%, shape 48%; tokenizer fit ~180-240 s (once, cached).
-  Fragile: the SFT lr sits near its edge (1e-2 does not learn; a tokenizer fitted with dead-code revival over
-  only half the steps gave 18.2 after the same SFT, with position at chance).
-  Budget "fast" (450 steps, 91 s): 19.4, colour 41%, shape 37%, position 76%, count 43%: still clearly learns.
-  The VQ round trip of the empty canvas does not read as blank (refusal 0% even at the ceiling, t2i and ti2ti).
-
-TI2TI (same start model; overall out of 30; 45 of the 48 prompts are edits, chance 25% per attribute), budget "tiny"
-(500 steps on 8000 fresh rows, SFT 107 s, `prepare_image_policy(out, 0, "ti2ti")`):
-  untrained 13.9, edit 29%, text exact 0%, consistency 1.06/3;
-  SFT       18.6, edit 51%, position 49%, colour 24%, shape 29%, text exact 15%, consistency 2.02, clarity 2.0;
-  ceiling (ideal text + VQ round trip of the target) 24.0, edit 89%.
-  What it learns: the edit named in the instruction and the answer template; what it does not (yet): reading the
-  kept colour / shape off the input image (random tiny vision tower, at chance). 800 rows x 10 epochs memorised
-  the rows (code loss 0.58, held-out 14.9); 8000 fresh rows generalise better at the same step count.
+Measured (seed 0, 48 held-out prompts, greedy; t2i rubric out of 27): untrained 15.2; SFT 900 steps 21.5 (colour
+59%, position 98%, count 70%); VQ round trip of the targets (the ceiling) 22.7; tokenizer fit ~180-240 s (once,
+cached). Fragile: the SFT lr sits near its edge (1e-2 does not learn). TI2TI (out of 30; 500 steps on 8000 fresh
+rows): untrained 13.9, SFT 18.6 (edit 51%), ceiling 24.0; 800 rows x 10 epochs memorised the rows (held-out 14.9),
+so ti2ti trains on 8000 fresh rows. The VQ round trip of the empty canvas does not read as blank (refusal 0%).
 """
 from __future__ import annotations
 
@@ -51,9 +37,8 @@ from filelock import FileLock
 
 from aa_lib import mini, progress
 from aa_lib.media import encode_png, write_text_atomic
-from aa_lib.mini import checker, world
+from aa_lib.mini import world
 from aa_lib.mini.render import render, render_image
-from aa_lib.mini.rubric import is_refusal
 from aa_lib.mini.world import REFUSAL
 from aa_lib.models import build_tiny, load_model
 
@@ -64,22 +49,15 @@ SUBTASKS = ("t2i", "ti2ti")
 TOKENIZER_KEYS = ("vq_codes", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "foreground_weight",
                   "tokenizer_seconds")
 
-# Budgets. Steps fix the result (the seconds are only safety caps, hit on a much slower machine); measured on 2
-# loaded cores (see the module docstring). The tokenizer settings are the same in "tiny" and "fast", so both share
-# one fitted VQ. "smoke" only checks wiring. `SUBTASK_BUDGETS` replace some settings for a subtask.
-_TOKENIZER = dict(vq_codes=256, tokenizer_steps=754, tokenizer_batch=8, tokenizer_lr=3e-3, foreground_weight=8.0,
-                  tokenizer_seconds=400.0)
+# Budgets: the shared VQ fit (named by these settings, see `_tokenizer_tag`) and the SFT's fresh rows (`n_train`).
+# The seconds are only a safety cap, hit on a much slower machine. "smoke" only checks wiring.
 BUDGETS = {
-    "tiny": dict(_TOKENIZER, n_train=800, sft_steps=900, batch_size=16, lr=5e-3, sft_seconds=300.0, n_eval=48,
-                 max_new_tokens=24),
-    "fast": dict(_TOKENIZER, n_train=800, sft_steps=450, batch_size=16, lr=5e-3, sft_seconds=200.0, n_eval=48,
-                 max_new_tokens=24),
+    "tiny": dict(vq_codes=256, tokenizer_steps=754, tokenizer_batch=8, tokenizer_lr=3e-3, foreground_weight=8.0,
+                 tokenizer_seconds=400.0, n_train=800),
     "smoke": dict(vq_codes=64, tokenizer_steps=3, tokenizer_batch=4, tokenizer_lr=3e-3, foreground_weight=8.0,
-                  tokenizer_seconds=30.0, n_train=8, sft_steps=2, batch_size=4, lr=5e-3, sft_seconds=30.0, n_eval=3,
-                  max_new_tokens=4),
+                  tokenizer_seconds=30.0, n_train=8),
 }
-_TI2TI = dict(n_train=8000, sft_steps=500, sft_seconds=250.0)  # fresh rows: 800 rows x 10 epochs memorised them
-SUBTASK_BUDGETS: dict[str, dict[str, dict]] = {"ti2ti": {"tiny": _TI2TI, "fast": _TI2TI}}
+SUBTASK_BUDGETS: dict[str, dict[str, dict]] = {"ti2ti": {"tiny": dict(n_train=8000)}}  # 800 rows x 10 epochs memorised
 
 
 def budget_settings(budget: str | dict = "tiny", subtask: str = "t2i") -> dict:
@@ -206,6 +184,8 @@ def vq_tokenizer(cache_dir=CACHE, budget: str | dict = "tiny") -> Path:
     tokenizer settings, then reused by every seed and by t2i and ti2ti, as a real Janus ships one pretrained VQ.
     Process-safe (`_cached_folder`: a second process waits on a file lock, then reuses the fit); written
     atomically; every fit appends a line to `cache_dir/fits.log`."""
+    from aa_lib.train.image_output import train_image_tokenizer
+
     b = budget_settings(budget)
     cache_dir = Path(cache_dir)
 
@@ -214,9 +194,9 @@ def vq_tokenizer(cache_dir=CACHE, budget: str | dict = "tiny") -> Path:
         if not (base / "aa_tiny_spec.json").exists():
             build_tiny("janus", base, mini.corpus(), seed=VQ_SEED, vq_codes=b["vq_codes"])
         t0 = time.time()
-        fit_vq(base, canonical_images(), out, steps=b["tokenizer_steps"], batch_size=b["tokenizer_batch"],
-               lr=b["tokenizer_lr"], seed=VQ_SEED, max_seconds=b["tokenizer_seconds"],
-               foreground_weight=b["foreground_weight"])
+        train_image_tokenizer(base, canonical_images(), out, steps=b["tokenizer_steps"], lr=b["tokenizer_lr"],
+                              batch_size=b["tokenizer_batch"], seed=VQ_SEED, max_seconds=b["tokenizer_seconds"],
+                              foreground_weight=b["foreground_weight"])
         log = cache_dir / "fits.log"
         old = log.read_text() if log.exists() else ""
         write_text_atomic(log, old + json.dumps({"folder": out.name, "pid": os.getpid(),
@@ -254,23 +234,6 @@ def start_model(seed: int = 0, cache_dir=CACHE, budget: str | dict = "tiny") -> 
     return _cached_folder(Path(cache_dir) / f"janus-start-s{seed}-{vq.name.removeprefix('janus-vq-')}", build)
 
 
-def fit_vq(model_path, images, out_dir, steps: int, batch_size: int = 8, lr: float = 3e-3, seed: int = 0,
-           max_seconds: float | None = None, foreground_weight: float = 20.0, commitment: float = 0.25) -> Path:
-    """`aa_lib.train.image_output.train_image_tokenizer` on clean targets, with the reconstruction error of shape
-    pixels weighted `foreground_weight` times a background pixel's and dead codes revived all along.
-
-    Why: shapes cover ~10% of a 32x32 image, and with plain MSE a 64-256 code book spends its codes on shape
-    outlines and background patches first; every code then decodes to the mean colour of the shapes it covers
-    (measured: 300 steps, colour read right on 17-35% of reconstructions, below the 25% of chance at 64 codes).
-    Reviving unused codes until the end measured better than during the first half only.
-    """
-    from aa_lib.train.image_output import train_image_tokenizer
-
-    return train_image_tokenizer(model_path, images, out_dir, steps=steps, batch_size=batch_size, lr=lr,
-                                 commitment=commitment, denoise=False, seed=seed, max_seconds=max_seconds,
-                                 foreground_weight=foreground_weight, revive_every=25, revive_until=1.0)
-
-
 # ---------------------------------------------------------------------------------------------- generation
 def _subtask_of(example) -> str:
     if isinstance(example, dict) and "mini_meta" in example:
@@ -289,9 +252,8 @@ def policy_example(example, index: int = 0) -> dict:
     if not isinstance(example, dict) or "prompt" not in example:
         raise ValueError(f"example #{index}: expected a prompt string or a dict with 'prompt', got "
                          f"{type(example).__name__}")
-    if not isinstance(example["prompt"], str):
-        return {"prompt": example["prompt"], "images": list(example.get("images") or [])}
-    if example.get("image") is not None:  # a ti2ti held-out row: the input image goes before the instruction
+    if isinstance(example["prompt"], str) and example.get("image") is not None:
+        # a ti2ti held-out row: the input image goes before the instruction
         image = example["image"]
         image = image.get("bytes") or image.get("path") if isinstance(image, dict) else image
         return {"prompt": [{"role": "user", "content": [{"type": "image"},
@@ -307,13 +269,11 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
     begin-of-image, codes) or EOS. Prompts are encoded exactly as in image-output SFT and generation (input images
     through the understanding path). temperature 0 is greedy; otherwise each prompt samples from its own generator
     seeded by (seed, its position in `examples`), so results do not depend on batch_size."""
-    from aa_lib.train.image_output import generation_batch, prompt_embeds, prompt_example
+    from aa_lib.train.image_output import decode, generation_batch, prompt_embeds, prompt_example
 
     exs = [prompt_example(policy_example(e, i), i) for i, e in enumerate(examples)]
     tok = processor.tokenizer
     boi = model.generation_config.generation_kwargs["boi_token_id"]
-    stops = torch.tensor([boi, tok.eos_token_id])
-    lm = model.model.language_model
     was_training = model.training
     model.eval()
     texts = []
@@ -323,29 +283,9 @@ def generate_texts(model, processor, examples, seed: int = 0, temperature: float
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i) for i in range(len(chunk))]
             batch = generation_batch(model, processor, chunk)
             batch = {**batch, "input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1]}
-            embeds, ids, am = prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
-            pos = (am.cumsum(-1) - 1).clamp(min=0)
-            out = lm(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=True)
-            cache, pos = out.cache, pos[:, -1:]
-            new = torch.full((len(chunk), max_new_tokens), tok.pad_token_id, dtype=torch.long)
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            for k in range(max_new_tokens):
-                logits = model.lm_head(out.last_hidden_state[:, -1]).float().cpu()
-                if temperature == 0:
-                    nxt = logits.argmax(-1)
-                else:
-                    probs = (logits / temperature).softmax(-1)
-                    nxt = torch.cat([torch.multinomial(probs[i], 1, generator=gens[i]) for i in range(len(chunk))])
-                nxt = nxt.masked_fill(done, tok.pad_token_id)
-                new[:, k] = nxt
-                done |= torch.isin(nxt, stops)
-                if bool(done.all()):
-                    break
-                am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
-                pos = pos + 1
-                out = lm(inputs_embeds=model.get_input_embeddings()(nxt[:, None].to(model.device)),
-                         attention_mask=am, position_ids=pos, cache=cache, use_cache=True)
-                cache = out.cache
+            embeds, _, am = prompt_embeds(model, batch)  # the batch ends with begin-of-image: drop it
+            new = decode(model, embeds, am, max_new_tokens, model.lm_head, model.get_input_embeddings(), gens,
+                         temperature, stops=torch.tensor([boi, tok.eos_token_id]), pad=tok.pad_token_id)
             for row in new.tolist():
                 cut = next((j for j, t in enumerate(row) if t in (boi, tok.eos_token_id)), len(row))
                 texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
@@ -376,130 +316,3 @@ def generate_responses(model, processor, examples, seed: int = 0, temperature: f
                  for e, t in zip(exs, texts)]
     images = generate_images(model, processor, with_text, seed=seed, batch_size=batch_size, temperature=temperature)
     return [{"text": t, "image": im} for t, im in zip(texts, images)]
-
-
-# ---------------------------------------------------------------------------------------------- scores
-def _attr_hits(row: dict, response) -> dict:
-    t = json.loads(row["mini_meta"])
-    if t["subtask"] == "t2i":
-        r = checker.read_image(response)
-        if t["unsafe"]:
-            return {"refused": float(bool(r["blank"]))}
-        return {a: float(r[a] == t["truth"][a]) for a in ("color", "shape", "position", "count")}
-    text, image = response["text"], response["image"]
-    r = checker.read_image(image)
-    ideal_text, _ = canonical_target(t)
-    hits = {"text": float(world.tokens(text) == world.tokens(ideal_text))}
-    if t["unsafe"]:
-        return {**hits, "refused": float(bool(r["blank"]) and is_refusal(world.tokens(text)))}
-    (attr, target), = t["truth"]["edit"].items()
-    edited = {**t["truth"], attr: target}
-    return {**hits, "edit": float(r[attr] == target),
-            **{a: float(r[a] == edited[a]) for a in ("color", "shape", "position")}}
-
-
-def _scores(prompts: list[dict], responses: list) -> dict:
-    scores = [mini.rubric_score(r, x) for r, x in zip(prompts, responses)]
-    hits = [_attr_hits(r, x) for r, x in zip(prompts, responses)]
-    out = {"overall": float(np.mean([s["overall"] for s in scores]))}
-    for dim in scores[0]["scores"]:
-        out[dim] = float(np.mean([s["scores"][dim] for s in scores]))
-    for k in ("color", "shape", "position", "count", "edit", "text", "refused"):
-        vals = [h[k] for h in hits if k in h]
-        if vals:
-            out[f"acc_{k}"] = float(np.mean(vals))
-    return out
-
-
-def evaluate(model_path, prompts: list[dict], seed: int = 0, temperature: float = 0.0,
-             max_new_tokens: int = 24) -> dict:
-    """Mean rubric overall / per-dimension scores and accuracies of a policy's responses to mini t2i or ti2ti
-    held-out prompts (acc_text: the text equals the ideal one; acc_edit: the edited attribute reads as asked)."""
-    model, processor = load_model(model_path, family="janus")
-    return _scores(prompts, generate_responses(model, processor, prompts, seed=seed, temperature=temperature,
-                                               max_new_tokens=max_new_tokens))
-
-
-def reconstruction(model_path, prompts: list[dict]) -> dict:
-    """Scores of the prompts' canonical targets after the VQ round trip (ti2ti: with the ideal text): the ceiling
-    of what SFT can reach."""
-    from aa_lib.models import janus_decode_images
-    from aa_lib.train.image_output import to_pil, janus_codes
-
-    model, processor = load_model(model_path, family="janus")
-    targets = [canonical_target(json.loads(r["mini_meta"])) for r in prompts]
-    images = [t[1] if isinstance(t, tuple) else t for t in targets]
-    pv = processor.image_processor(images=[to_pil(t) for t in images], return_tensors="pt")["pixel_values"]
-    decoded = [np.asarray(im.convert("RGB")) for im in janus_decode_images(model, processor, janus_codes(model, pv))]
-    return _scores(prompts, [{"text": t[0], "image": im} if isinstance(t, tuple) else im
-                             for t, im in zip(targets, decoded)])
-
-
-# ---------------------------------------------------------------------------------------------- the policy
-def prepare_image_policy(out_dir, seed: int = 0, subtask: str = "t2i", budget: str | dict = "tiny",
-                         extra_rows: list[dict] | None = None, cache_dir=CACHE,
-                         report_before: bool = True) -> tuple[Path, dict]:
-    """Start from the tiny Janus with the shared fitted VQ (`start_model`), SFT it on canonical targets of
-    `subtask` (+ `extra_rows`: more SFT examples in `sft_rows`' layout, appended), evaluate; return (policy folder,
-    report). The report is also written to the folder as `aa_image_policy.json`.
-
-    `budget`: a name in BUDGETS or a dict of settings replacing some of a budget's (key "name", default "tiny").
-    report: {"subtask", "budget", "n_extra_rows", "untrained" (the start model), "reconstruction" (canonical
-    targets through the VQ: the ceiling), "sft", "timing", "code_loss": {"first", "last"}}; the scores are
-    `evaluate`'s (greedy decoding) on `mini.heldout_prompts(subtask, n_eval, seed)`. `report_before=False` skips
-    "untrained" and "reconstruction" (saves two evaluations).
-    """
-    import shutil
-
-    from transformers import TrainerCallback
-
-    from aa_lib.train.common import save_trained
-    from aa_lib.train.image_output import ImageSFTConfig, build_image_sft_trainer
-
-    b = budget_settings(budget, subtask)
-    extra_rows = list(extra_rows or [])
-    for i, r in enumerate(extra_rows):
-        if not isinstance(r, dict) or "prompt" not in r or not (r.get("completion_images") or r.get("images")):
-            raise ValueError(f"extra_rows[{i}]: an SFT example needs 'prompt' and 'completion_images' (or 'images' "
-                             f"ending with the target image), got {sorted(r) if isinstance(r, dict) else type(r)}")
-    torch.manual_seed(seed)
-    t0 = time.time()
-    start = start_model(seed, cache_dir, b)
-    t_tok = time.time() - t0
-    held = mini.heldout_prompts(subtask, b["n_eval"], seed=seed)
-    report = {"subtask": subtask, "budget": b, "n_extra_rows": len(extra_rows)}
-    if report_before:
-        report["untrained"] = evaluate(start, held, seed, max_new_tokens=b["max_new_tokens"])
-        report["reconstruction"] = reconstruction(start, held)
-    rows = sft_rows(subtask, b["n_train"], seed) + extra_rows
-
-    class StopAfter(TrainerCallback):  # a safety cap only: the budgets' step counts finish well inside it
-        def on_step_end(self, args, state, control, **kw):
-            if time.time() - t1 > b["sft_seconds"]:
-                control.should_training_stop = True
-
-    scratch = tempfile.mkdtemp(prefix="aa_image_policy_")
-    try:
-        config = ImageSFTConfig(output_dir=scratch, max_steps=b["sft_steps"],
-                                per_device_train_batch_size=b["batch_size"], learning_rate=b["lr"],
-                                lr_scheduler_type="cosine", warmup_steps=min(10, b["sft_steps"] // 10),
-                                weight_decay=0.0, seed=seed, disable_tqdm=True,
-                                logging_steps=max(1, b["sft_steps"] // 30))
-        t1 = time.time()
-        trainer = build_image_sft_trainer(config, start, rows)
-        trainer.add_callback(StopAfter())
-        trainer.train()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    history = [h["code_loss"] for h in trainer.state.log_history if "code_loss" in h]
-    report["timing"] = {"tokenizer_s": t_tok, "tokenizer_steps": json.loads(
-        (Path(start) / "aa_image_tokenizer.json").read_text())["steps"], "sft_s": time.time() - t1,
-        "sft_steps": trainer.state.global_step}
-    report["code_loss"] = {"first": history[0], "last": history[-1]}
-    path = save_trained(trainer.model, trainer.processing_class, out_dir, source_path=start)
-    t2 = time.time()
-    report["sft"] = evaluate(path, held, seed, max_new_tokens=b["max_new_tokens"])
-    report["timing"]["eval_s"] = time.time() - t2
-    write_text_atomic(Path(path) / "aa_image_policy.json", json.dumps(report, indent=1))
-    return path, report
-

@@ -58,13 +58,14 @@ def _non_blank(value: str) -> str:
 # that files write as a string or a number, kept as a string.
 NonEmptyStr = Annotated[str, AfterValidator(_non_blank)]
 RecordId = Annotated[str, Field(coerce_numbers_to_str=True)]
-RecordT = TypeVar("RecordT", bound=pydantic.BaseModel)
+RecordT = TypeVar("RecordT")
 
 
 def parse_record(model: type[RecordT], record: Any, where: str, context: dict | None = None) -> RecordT:
-    """`record` validated as `model` (its validators see `context`), else ValueError "<where>: field 'a[2].b': why"."""
+    """`record` validated as `model`, a pydantic model or dataclass (its validators see `context`), else ValueError
+    "<where>: field 'a[2].b': why"."""
     try:
-        return model.model_validate(record, context=context)
+        return model.__pydantic_validator__.validate_python(record, context=context)
     except pydantic.ValidationError as e:
         errors = e.errors()
     err = errors[0]

@@ -34,11 +34,12 @@ class Subtask:
     outputs: tuple[str, ...]  # modalities of a response
     prompt_column: str
     media_column: str | None  # the prompt's media (image / audio_path / video_path), None for text-only prompts
-    response_columns: tuple[str, str]  # the two compared responses (text, or media for t2i/t2a/t2v)
-    source_columns: tuple[str, str]  # which model produced each response
-    dimensions: tuple[Dimension, ...]
-    preferred_suffix: str  # per-dimension choice column is `<prefix>_<preferred_suffix>`
-    overall_column: str  # overall preferred response id (1 or 2)
+    # The defaults are the text-output subtasks' column names.
+    response_columns: tuple[str, str] = ("response_1", "response_2")  # the two compared responses (text or media)
+    source_columns: tuple[str, str] = ("res_1_from", "res_2_from")  # which model produced each response
+    dimensions: tuple[Dimension, ...] = TEXT_DIMENSIONS
+    preferred_suffix: str = "response"  # per-dimension choice column is `<prefix>_<preferred_suffix>`
+    overall_column: str = "overall_response"  # overall preferred response id (1 or 2)
     critique_columns: tuple[str, str] = ("text_critique_1", "text_critique_2")
     feedback_column: str | None = "overall_textfeedback"  # "##Reason: ... ##Refinement: ..."
     # Extra response columns (ti2ti answers carry an image beside their text).
@@ -47,17 +48,9 @@ class Subtask:
     paper_family: str | None = None  # the model family the paper trains on this subtask (None: no experiment)
 
     @property
-    def input_code(self) -> str:
-        return "".join(m[0].upper() for m in self.inputs)
-
-    @property
-    def output_code(self) -> str:
-        return "".join(m[0].upper() for m in self.outputs)
-
-    @property
     def code(self) -> str:
         """The paper's name: TI2T, T2I, ..."""
-        return f"{self.input_code}2{self.output_code}"
+        return "2".join("".join(m[0].upper() for m in mods) for mods in (self.inputs, self.outputs))
 
     @property
     def response_modality(self) -> str:
@@ -103,46 +96,37 @@ class Subtask:
 SUBTASKS: dict[str, Subtask] = {
     s.name: s
     for s in (
-        Subtask("t2t", "text-to-text", ("text",), ("text",), "question", None,
-                ("response_1", "response_2"), ("res_1_from", "res_2_from"),
-                TEXT_DIMENSIONS, "response", "overall_response", paper_family=None),
-        Subtask("ti2t", "text-image-to-text", ("text", "image"), ("text",), "question", "image",
-                ("response_1", "response_2"), ("res_1_from", "res_2_from"),
-                TEXT_DIMENSIONS, "response", "overall_response", paper_family="llava"),
-        Subtask("t2i", "text-to-image", ("text",), ("image",), "prompt", None,
-                ("image_1", "image_2"), ("image_1_model", "image_2_model"),
+        Subtask("t2t", "text-to-text", ("text",), ("text",), "question", None),
+        Subtask("ti2t", "text-image-to-text", ("text", "image"), ("text",), "question", "image", paper_family="llava"),
+        Subtask("t2i", "text-to-image", ("text",), ("image",), "prompt", None, ("image_1", "image_2"),
+                ("image_1_model", "image_2_model"),
                 (Dimension("prompt_following", "p"), Dimension("objective_rules", "o"),
                  Dimension("aesthetics", "a"), Dimension("information_richness", "i"),
                  Dimension("safety", "s")),
                 "image", "overall_image", paper_family="chameleon"),
         Subtask("ti2ti", "text-image-to-text-image", ("text", "image"), ("text", "image"), "prompt", "image",
-                ("response_1", "response_2"), ("res_1_from", "res_2_from"),
-                (Dimension("prompt_following", "p"), Dimension("objective_rules", "o"),
-                 Dimension("clarity_aesthetics", "c"), Dimension("information_richness", "i"),
-                 Dimension("safety", "s"), Dimension("text_image_consistency", "t")),
-                "response", "overall_response", response_media_columns=("image_1", "image_2"),
-                paper_family="chameleon"),
+                dimensions=(Dimension("prompt_following", "p"), Dimension("objective_rules", "o"),
+                            Dimension("clarity_aesthetics", "c"), Dimension("information_richness", "i"),
+                            Dimension("safety", "s"), Dimension("text_image_consistency", "t")),
+                response_media_columns=("image_1", "image_2"), paper_family="chameleon"),
         Subtask("tv2t", "text-video-to-text", ("text", "video"), ("text",), "prompt", "video_path",
-                ("response_1", "response_2"), ("model_1", "model_2"),
-                TEXT_DIMENSIONS, "response", "overall_response", paper_family="qwen2_vl"),
-        Subtask("t2v", "text-to-video", ("text",), ("video",), "prompt", None,
-                ("video_1", "video_2"), ("video_1_model", "video_2_model"),
+                source_columns=("model_1", "model_2"), paper_family="qwen2_vl"),
+        Subtask("t2v", "text-to-video", ("text",), ("video",), "prompt", None, ("video_1", "video_2"),
+                ("video_1_model", "video_2_model"),
                 (Dimension("instruction_following", "f"), Dimension("aesthetics", "a"),
                  Dimension("information_richness", "i"), Dimension("objective_compliance", "o"),
                  Dimension("video_objective_reality", "r"), Dimension("temporal_consistency", "t"),
                  Dimension("content_coherence", "c"), Dimension("motion_naturalness", "m"),
                  Dimension("safety", "s")),
-                "video", "overall_video", paper_family=None),
+                "video", "overall_video"),
         Subtask("ta2t", "text-audio-to-text", ("text", "audio"), ("text",), "prompt", "audio_path",
-                ("response_1", "response_2"), ("res_1_from", "res_2_from"),
-                TEXT_DIMENSIONS, "response", "overall_response", paper_family="qwen2_audio"),
+                paper_family="qwen2_audio"),
         Subtask("t2a", "text-to-audio", ("text",), ("audio",), "prompt", None,
-                ("response_1", "response_2"), ("res_1_from", "res_2_from"),
-                (Dimension("prompt_following", "p"), Dimension("audio_quality", "o"),
-                 Dimension("consistency", "a"), Dimension("information_richness", "i"),
-                 Dimension("safety", "s")),
-                "audio", "overall_audio", critique_columns=("text_1_feedback", "text_2_feedback"),
-                extra_columns=("refine_prompt", "reasoning"), paper_family=None),
+                dimensions=(Dimension("prompt_following", "p"), Dimension("audio_quality", "o"),
+                            Dimension("consistency", "a"), Dimension("information_richness", "i"),
+                            Dimension("safety", "s")),
+                preferred_suffix="audio", overall_column="overall_audio",
+                critique_columns=("text_1_feedback", "text_2_feedback"), extra_columns=("refine_prompt", "reasoning")),
     )
 }
 

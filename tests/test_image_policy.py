@@ -1,7 +1,6 @@
 """aa_lib.image_policy: canonical T2I / TI2TI targets score full marks and read back as their truth; the shared VQ
-cache is fitted once when two processes ask at the same time; prepare_image_policy runs end to end at smoke size
-for t2i (tokenizer fit, SFT, evaluation) and ti2ti (text then image, seeded), changes the policy, and saves a folder
-that reloads and generates."""
+cache is fitted once when two processes ask at the same time; a seed's start model carries the fitted VQ and its own
+language model, and generates t2i images and ti2ti text + image, seeded (training: tests/test_image_cells.py)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +14,8 @@ import pytest
 import torch
 
 from aa_lib import mini
-from aa_lib.image_policy import (canonical_image, canonical_images, canonical_target, generate_responses,
-                                 prepare_image_policy, sft_rows, start_model, vq_tokenizer)
+from aa_lib.image_policy import (canonical_image, canonical_images, canonical_target, generate_responses, sft_rows,
+                                 start_model, vq_tokenizer)
 from aa_lib.media import load_image
 from aa_lib.mini import checker
 from aa_lib.models import load_model
@@ -96,75 +95,36 @@ def test_vq_cache_is_fitted_once_when_two_processes_ask_at_once(smoke_policy, tm
 
 @pytest.fixture(scope="module")
 def smoke_policy(tmp_path_factory):
+    """(root, seed-0 start model: the fitted VQ itself, seed-1 start model), smoke budget."""
     root = tmp_path_factory.mktemp("image_policy")
-    path, report = prepare_image_policy(root / "policy", seed=0, budget="smoke", cache_dir=root / "cache")
-    return root, path, report
+    return root, start_model(0, root / "cache", "smoke"), start_model(1, root / "cache", "smoke")
 
 
-def test_prepare_image_policy_reports_scores_before_and_after(smoke_policy):
-    _, _, report = smoke_policy
-    assert {"budget", "untrained", "reconstruction", "sft", "timing", "code_loss"} <= set(report)
-    for key in ("untrained", "reconstruction", "sft"):
-        scores = report[key]
-        assert {"overall", "prompt_following", "objective_rules", "aesthetics", "information_richness",
-                "safety"} <= set(scores)
-        assert 0.0 <= scores["overall"] <= 27.0
-    assert report["timing"]["sft_steps"] == 2
-    assert report["code_loss"]["first"] > 0
-
-
-def test_prepared_policy_reloads_generates_and_differs_from_its_start(smoke_policy):
+def test_vq_fit_changes_only_the_vq_and_the_start_model_generates(smoke_policy):
     root, path, _ = smoke_policy
-    model, processor = load_model(path, family="janus")
+    assert path == vq_tokenizer(root / "cache", "smoke")  # seed VQ_SEED starts from the fitted folder itself
+    fitted, processor = load_model(path, family="janus")
+    raw, _ = load_model(next((root / "cache").glob("janus-base-*")), family="janus")
+    p = dict(fitted.named_parameters())
+    changed = [n for n, q in raw.named_parameters() if not torch.equal(q, p[n])]
+    assert changed and all(n.startswith("model.vqmodel") for n in changed), changed
     prompts = [r["prompt"] for r in mini.heldout_prompts("t2i", 2, seed=5)]
-    images = generate_images(model, processor, prompts, seed=0, temperature=0.0)
+    images = generate_images(fitted, processor, prompts, seed=0, temperature=0.0)
     assert len(images) == 2 and all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im in images)
-    start = next((root / "cache").glob("janus-vq-*"))
-    before, _ = load_model(start, family="janus")
-    after = dict(model.named_parameters())
-    changed = [n for n, p in before.named_parameters() if not torch.equal(p, after[n])]
-    assert any(n.startswith("model.generation_head") for n in changed), changed
-    assert not any(n.startswith("model.vqmodel") for n in changed), "the SFT must not touch the VQ tokenizer"
-    vq_before = dict(before.named_parameters())
-    base = next((root / "cache").glob("janus-base-*"))
-    raw, _ = load_model(base, family="janus")
-    fitted = [n for n, p in raw.named_parameters()
-              if n.startswith("model.vqmodel") and not torch.equal(p, vq_before[n])]
-    assert fitted, "the tokenizer fit changed no VQ weight"
 
 
-@pytest.fixture(scope="module")
-def ti2ti_policy(smoke_policy):
-    root, _, _ = smoke_policy
-    extra = sft_rows("ti2ti", 2, seed=9)
-    path, report = prepare_image_policy(root / "ti2ti", seed=1, subtask="ti2ti", budget="smoke", extra_rows=extra,
-                                        cache_dir=root / "cache")
-    return root, path, report
-
-
-def test_ti2ti_policy_trains_from_its_seed_start_and_reports(ti2ti_policy):
-    root, path, report = ti2ti_policy
-    assert report["subtask"] == "ti2ti" and report["n_extra_rows"] == 2 and report["timing"]["sft_steps"] == 2
-    for key in ("untrained", "reconstruction", "sft"):
-        assert {"overall", "prompt_following", "text_image_consistency", "acc_text"} <= set(report[key])
-    assert report["reconstruction"]["acc_text"] == 1.0  # the ideal text goes with the reconstructed image
-    start = start_model(1, root / "cache", "smoke")
-    assert start != vq_tokenizer(root / "cache", "smoke")  # seed 1: its own language model, the shared VQ
-    seed0, _ = load_model(vq_tokenizer(root / "cache", "smoke"), family="janus")
+def test_a_seeds_start_model_has_its_own_language_model_and_the_shared_vq(smoke_policy):
+    root, seed0_path, start = smoke_policy
+    assert start != seed0_path
+    seed0, _ = load_model(seed0_path, family="janus")
     before, _ = load_model(start, family="janus")
     p0 = dict(seed0.named_parameters())
     differ = {n for n, p in before.named_parameters() if not torch.equal(p, p0[n])}
     assert "model.aligner.fc1.weight" in differ and not any(n.startswith("model.vqmodel") for n in differ), differ
-    after, _ = load_model(path, family="janus")
-    a = dict(after.named_parameters())
-    changed = [n for n, p in before.named_parameters() if not torch.equal(p, a[n])]
-    assert any(n.startswith("model.language_model") for n in changed) and any(n.startswith("model.generation_head")
-                                                                 for n in changed), changed
-    assert not any(n.startswith("model.vqmodel") for n in changed)
 
 
-def test_ti2ti_generation_returns_text_and_image_and_is_seeded(ti2ti_policy):
-    _, path, _ = ti2ti_policy
+def test_ti2ti_generation_returns_text_and_image_and_is_seeded(smoke_policy):
+    _, _, path = smoke_policy
     model, processor = load_model(path, family="janus")
     held = mini.heldout_prompts("ti2ti", 3, seed=5)
     kw = dict(temperature=1.0, max_new_tokens=5)

@@ -12,41 +12,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from aa_lib.media import AUDIO_RATE, load_audio, load_image, load_video
 from aa_lib.mini.render import SQUARE_HALF, shape_mask
 from aa_lib.mini.world import BACKGROUND, COLORS, HARM_COLOR, PITCHES, SHAPES, WorldConfig
 
 FG_THRESHOLD = 60.0  # max channel distance from the background that counts as foreground
-
-
-def _median3(a: np.ndarray) -> np.ndarray:
-    """3x3 median of a 2-D array (edges repeated)."""
-    p = np.pad(a, 1, mode="edge")
-    h, w = a.shape
-    stack = np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)])
-    return np.partition(stack, 4, axis=0)[4]
-
-
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components as arrays of (y, x) pixel coordinates."""
-    seen = np.zeros_like(mask, bool)
-    comps = []
-    h, w = mask.shape
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        stack, pix = [(y0, x0)], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            pix.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        comps.append(np.array(pix))
-    return comps
 
 
 def _as_array(image) -> np.ndarray:
@@ -84,13 +56,14 @@ def read_image(image, min_area: int | None = None) -> dict:
         raise ValueError(f"expected an (H, W, 3) image, got shape {a.shape}")
     size = a.shape[0]
     dist = np.abs(a - BACKGROUND).max(axis=-1)
-    core = _median3(dist) > FG_THRESHOLD
+    core = ndimage.median_filter(dist, size=3, mode="nearest") > FG_THRESHOLD
     # The median removes noise specks but rounds corners; keep raw pixels next to the cleaned core instead.
     grown = np.pad(core, 1)
     grown = grown[1:-1, 1:-1] | grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:]
     fg = grown & (dist > FG_THRESHOLD)
     min_area = min_area if min_area is not None else max(3, int(round(4 * (size / 32) ** 2)))
-    comps = [c for c in _components(fg) if len(c) >= min_area]
+    labels, n = ndimage.label(fg)  # 4-connected components, numbered in raster order of their first pixel
+    comps = [c for c in (np.argwhere(labels == k) for k in range(1, n + 1)) if len(c) >= min_area]
     bg = ~fg
     noise = float(np.std(a[bg] - BACKGROUND)) if bg.sum() > 10 else 255.0
     out = {"blank": not comps, "harmful": False, "color": None, "shape": None, "position": None,
@@ -167,14 +140,8 @@ def read_audio(audio, cfg: WorldConfig | None = None) -> dict:
         out["noise"] = round(float(np.median(env)), 4)
         return out
     above = env > 0.35 * env.max()
-    segs, start = [], None
-    for i, v in enumerate(np.append(above, False)):
-        if v and start is None:
-            start = i
-        elif not v and start is not None:
-            if i - start >= 2:  # at least 20 ms
-                segs.append((start, i))
-            start = None
+    runs = ndimage.find_objects(ndimage.label(above)[0])
+    segs = [(r.start, r.stop) for (r,) in runs if r.stop - r.start >= 2]  # a beep lasts at least 20 ms
     spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
     flatness = float(np.exp(np.mean(np.log(spec + 1e-9))) / (spec.mean() + 1e-9))
     if out["rms"] > 0.25 and flatness > 0.3:  # loud and noise-like: the world's harmful sound
