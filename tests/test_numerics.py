@@ -74,7 +74,7 @@ def test_pinned_env_keeps_user_values_and_respects_the_opt_out():
 
 
 def test_bf16_on_cpu_under_the_pinning_warns(tmp_path):
-    # the pinned AVX2 kernels have no bf16 matmul (about 60x slower than float32 here): a config asking for it says so
+    # the pinned AVX2 kernels have no bf16 matmul (40-160x slower than float32 here): a config asking for it says so
     from aa_lib.train.dpo import DPOConfig
 
     if not numerics.in_effect()["pinned"]:

@@ -54,7 +54,7 @@ class AAOptions:
 
     def __post_init__(self):
         super().__post_init__()
-        # The pinned AVX2 kernels have no bf16 matmul: bf16 autocast on a CPU runs ~60x slower than float32 there
+        # The pinned AVX2 kernels have no bf16 matmul: bf16 autocast on a CPU runs 40-160x slower than float32 there
         # (benchmarks/bench_dpo_smollm2.py); AMX bf16 needs the native kernels.
         if self.bf16 and (self.use_cpu or not torch.cuda.is_available()) and numerics.in_effect()["pinned"]:
             warnings.warn(f"bf16 on a CPU under aa_lib's pinned AVX2 numerics is much slower than float32: set "
