@@ -5,9 +5,10 @@ DPOTrainer with its defaults, on the same tiny LLaVA model and align-anything-mi
 
 Each trainer runs in its own subprocess (so peak RSS, from getrusage, is its own: imports, models, data and
 training). Throughput = non-padding tokens the collator fed to the model (chosen + rejected rows) per second of
-`trainer.train()`, after one warm-up step. Both use the same learning rate, batch size, max_length and CPU;
-everything else is each side's default (TRL turns bf16 autocast on, aa_lib's CPU defaults keep float32: the
-printout says which ran in bf16).
+`trainer.train()`, after one warm-up step. Both use the same precision (float32: TRL's own default is bf16
+autocast, which under aa_lib's pinned AVX2 numerics has no fast kernel), learning rate, batch size, max_length and
+CPU; everything else is each side's default (TRL's includes gradient checkpointing). Real-size runs:
+bench_dpo_smollm2.py.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def worker(which: str, model_path: str, data_path: str, steps: int, batch_size: 
     ds = datasets.load_from_disk(data_path)
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps + 1,
                   learning_rate=1e-4, max_length=256, use_cpu=True, report_to="none", save_strategy="no",
-                  logging_steps=1000, seed=0)
+                  logging_steps=1000, seed=0, bf16=False)
     if which == "aa_lib":
         from aa_lib.train.dpo import DPOConfig, build_dpo_trainer
 

@@ -71,3 +71,13 @@ def test_pinned_env_keeps_user_values_and_respects_the_opt_out():
         assert numerics.fingerprint_part({}) != numerics.fingerprint_part(numerics.pinned_env({}))
     assert numerics.pinned_env({"AA_NATIVE_NUMERICS": "1"}) == {"AA_NATIVE_NUMERICS": "1"}
     assert not numerics.is_native({"AA_NATIVE_NUMERICS": "0"})
+
+
+def test_bf16_on_cpu_under_the_pinning_warns(tmp_path):
+    # the pinned AVX2 kernels have no bf16 matmul (40-160x slower than float32 here): a config asking for it says so
+    from aa_lib.train.dpo import DPOConfig
+
+    if not numerics.in_effect()["pinned"]:
+        pytest.skip("the pinning is off in this process (AA_NATIVE_NUMERICS or not x86-64)")
+    with pytest.warns(UserWarning, match="bf16 on a CPU under aa_lib's pinned AVX2 numerics is much slower"):
+        DPOConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True)

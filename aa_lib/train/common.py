@@ -7,12 +7,14 @@ stage (DPO after SFT, PPO after the reward model) loads it with `aa_lib.models.l
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from aa_lib import numerics
 from aa_lib.media import write_folder_atomic  # noqa: F401  (re-exported: trainers save through it)
 from aa_lib.models import get_family, load_model, submodules
 
@@ -53,6 +55,14 @@ class AAOptions:
     logging_steps: float = field(default=1, metadata={"help": "Log every n optimizer steps."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, shuffling and dropout."})
     data_seed: int | None = field(default=0, metadata={"help": "Seed of the data sampler."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        # The pinned AVX2 kernels have no bf16 matmul: bf16 autocast on a CPU runs 40-160x slower than float32 there
+        # (benchmarks/bench_dpo_smollm2.py); AMX bf16 needs the native kernels.
+        if self.bf16 and (self.use_cpu or not torch.cuda.is_available()) and numerics.in_effect()["pinned"]:
+            warnings.warn(f"bf16 on a CPU under aa_lib's pinned AVX2 numerics is much slower than float32: set "
+                          f"bf16=False, or {numerics.OPT_OUT}=1 before starting Python for native bf16 kernels")
 
 
 def freeze(model: torch.nn.Module, family: str, tower: bool = False, projector: bool = False) -> list[str]:
