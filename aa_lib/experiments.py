@@ -21,6 +21,10 @@ text-output policies, or the tiny Janus of the image-output subtasks t2i and ti2
 subtask (`initial_policy`, seed 0) plays the paper's pretrained chat model: every seed aligns that same model, as
 the paper aligns one LLaVA / Qwen2-VL / Chameleon checkpoint. The LLF notebooks run one subtask each and loop over its
 seeds with `llf_main_seed`, `ablation_seed`, `feedback_fraction_seed` (seed: alignment rows, training and sampling).
+
+Profile paper: the same cells start from the user's checkpoint (no SFT), read their align-anything rows and score
+on the subtask's Table 2 benchmarks with the named judge (`aa_lib.inputs`; sizes `PAPER_SIZES`: Tables 5-8 decide
+every trainer setting).
 """
 from __future__ import annotations
 
