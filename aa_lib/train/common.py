@@ -57,10 +57,13 @@ class AAOptions:
     data_seed: int | None = field(default=0, metadata={"help": "Seed of the data sampler."})
 
     def __post_init__(self):
-        super().__post_init__()
+        parent = getattr(super(), "__post_init__", None)  # a TRL / transformers config; ImagePPOConfig has none
+        if parent is not None:
+            parent()
         # The pinned AVX2 kernels have no bf16 matmul: bf16 autocast on a CPU runs 40-160x slower than float32 there
         # (benchmarks/bench_dpo_smollm2.py); AMX bf16 needs the native kernels.
-        if self.bf16 and (self.use_cpu or not torch.cuda.is_available()) and numerics.in_effect()["pinned"]:
+        on_cpu = getattr(self, "use_cpu", False) or not torch.cuda.is_available()
+        if self.bf16 and on_cpu and numerics.in_effect()["pinned"]:
             warnings.warn(f"bf16 on a CPU under aa_lib's pinned AVX2 numerics is much slower than float32: set "
                           f"bf16=False, or {numerics.OPT_OUT}=1 before starting Python for native bf16 kernels")
 
