@@ -14,9 +14,13 @@ files (`aa_lib.data.load`) and the subtask's Table 2 benchmarks with a judge, in
           llava_bench: {questions: llava/questions.jsonl, answers: llava/answers_gpt4.jsonl, image_dir: llava/images}
           mia_bench: {path: mia/instruction_benchmark_all.json, image_dir: mia/images}
 
+    parameters:                                   # other specs' paper parameters; names ending in _path, _paths,
+      agreement: {labels_path: labels/agreement.csv}   # _dir, _root(s) or _data hold paths
+      data_composition: {paper_data: {ti2t: data/text-image-to-text}}
+
 Relative paths are read against the YAML's folder; every path is checked when the file is read, before any run
 starts, and a missing one is named by its key (`subtasks.ti2t.benchmarks.llava_bench.questions`). The runner hands
-each run its subtask's entry as the notebook parameter `inputs`.
+each run its subtask's entry as the notebook parameter `inputs`, and each spec's `parameters` to its runs.
 """
 from __future__ import annotations
 
@@ -84,8 +88,9 @@ def read_paths(path) -> dict[str, dict]:
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: cannot read the paths file: {e}") from e
     where = f"{path}:"
-    if set(raw) - {"judge", "subtasks"} or not isinstance(raw.get("subtasks"), dict):
-        raise ValueError(f"{where} expected `subtasks: {{name: entry}}` and optionally `judge`; got {sorted(raw)}")
+    if set(raw) - {"judge", "subtasks", "parameters"} or not isinstance(raw.get("subtasks"), dict):
+        raise ValueError(f"{where} expected `subtasks: {{name: entry}}`, optionally `judge` and `parameters`; "
+                         f"got {sorted(raw)}")
     judge = _resolve(raw["judge"], f"{where} judge", path.parent) if raw.get("judge") else None
     out = {}
     for subtask, entry in raw["subtasks"].items():
@@ -96,6 +101,22 @@ def read_paths(path) -> dict[str, dict]:
                                  f"{subtask} (those: {[b for b, v in BENCHMARKS.items() if v[0] == subtask]})")
         Inputs.of(entry)  # unknown keys fail here, named
         out[subtask] = {**_resolve(entry, f"{where} subtasks.{subtask}", path.parent), "judge": judge}
+    return out
+
+
+_PATH_SUFFIXES = ("_path", "_paths", "_dir", "_root", "_roots", "_data")
+
+
+def read_parameters(path) -> dict[str, dict]:
+    """{spec: notebook parameters} from the paths YAML's `parameters` section, the path-valued ones (by name:
+    `_PATH_SUFFIXES`) absolute and checked like the subtasks' entries."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for spec, params in (raw.get("parameters") or {}).items():
+        key = f"{path}: parameters.{spec}"
+        out[spec] = {k: _resolve(v, f"{key}.{k}", path.parent) if k.endswith(_PATH_SUFFIXES) else v
+                     for k, v in (params or {}).items()}
     return out
 
 

@@ -138,6 +138,21 @@ def _relative(value, root: Path):
     return str(Path(value).relative_to(root)) if Path(value).is_absolute() else value
 
 
+def write_labels(subtasks, n: int, out: Path, seed: int = 0) -> dict:
+    """Annotation-study files of the other paper-profile specs, from the mini world's simulated annotators: the
+    agreement study's labels (Table 1) and the human-AI agreement per dimension (Fig. 13), as CSV."""
+    import pandas as pd
+
+    rows = {s: mini.generate(s, n, seed=seed) for s in subtasks}
+    out.mkdir(parents=True, exist_ok=True)
+    labels = mini.label_study(rows, n_groups=2, n_annotators=3, n_pairs=n // 2, seed=seed)
+    labels.to_csv(out / "agreement.csv", index=False)
+    human_ai = pd.concat([mini.human_ai_agreement(r, n_annotators=3, seed=seed) for r in rows.values()])
+    human_ai.to_csv(out / "human_ai_agreement.csv", index=False)
+    return {"agreement": {"labels_path": str(out / "agreement.csv")},
+            "human_ai_agreement": {"labels_path": str(out / "human_ai_agreement.csv")}}
+
+
 def write_inputs(root, size: str = "smoke", subtasks=SUBTASKS) -> Path:
     """The whole input set under `root`; returns the paths YAML. Parts already written are kept (rerun-safe)."""
     root = Path(root).resolve()
@@ -152,9 +167,14 @@ def write_inputs(root, size: str = "smoke", subtasks=SUBTASKS) -> Path:
             entry["benchmarks"] = {k: v for b in BENCHMARKS[st]
                                    for k, v in write_benchmark(b, n["items"], root / "benchmarks" / b).items()}
         entries[st] = _relative(entry, root)
+    parameters = write_labels(subtasks, n["rows"], root / "labels")
+    parameters["data_composition"] = {"paper_data": {st: e["data"] for st, e in entries.items()},
+                                      "media_roots": {st: e["media_root"] for st, e in entries.items()
+                                                      if "media_root" in e}}
     paths = root / "paths.yaml"
     write_text_atomic(paths, "# A rehearsal input set (aa_lib.rehearsal): a rehearsal, not results.\n"
-                      + yaml.safe_dump({"judge": {"kind": "mini_rubric"}, "subtasks": entries}, sort_keys=False))
+                      + yaml.safe_dump({"judge": {"kind": "mini_rubric"}, "subtasks": entries,
+                                        "parameters": _relative(parameters, root)}, sort_keys=False))
     return paths
 
 

@@ -418,11 +418,12 @@ def _clock(seconds: float) -> str:
 def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: int = 1, force: bool = False,
               runs_root: Path = RUNS_ROOT, timeout_s: float | None = None, smoke: bool = False,
               figures_dir: Path | None = None, specs_root: Path | None = None, inputs: dict | None = None,
-              log=print) -> list[RunOutcome]:
+              parameters: dict | None = None, log=print) -> list[RunOutcome]:
     """Execute specs (from `specs_root`, default `runs_root`) into `runs_root`.
 
     `inputs` ({subtask: entry}, `aa_lib.inputs.read_paths`) names the subtasks to run (in place of the specs'
-    `subtask` grids), and each such run gets its subtask's entry as the notebook parameter `inputs`.
+    `subtask` grids), and each such run gets its subtask's entry as the notebook parameter `inputs`; `parameters`
+    ({spec: {name: value}}, `aa_lib.inputs.read_parameters`) are set on every run of their spec.
 
     Dependencies are per run: a run starts as soon as the runs it reads are finished (`matching_runs`), so
     llf_main for (ti2t, seed 1) need not wait for the slowest policy. Up to `jobs` runs execute at once; among the
@@ -441,6 +442,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
             deps = {d: matching_runs(spec, params, by_name[d], profile, smoke, subtasks) for d in spec.needs}
             if inputs is not None and "subtask" in params:
                 params = {**params, "inputs": inputs[params["subtask"]]}
+            params = {**params, **(parameters or {}).get(spec.name, {})}
             todo.append(((-depth[spec.name], k, j), spec, run, params, deps))
     todo.sort(key=lambda t: t[0])
     state: dict[tuple[str, str], str] = {}  # (spec, run) -> done / skipped / failed / busy
@@ -494,12 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", type=Path, default=None, help="profile paper: the YAML naming each subtask's "
                     "checkpoint, data, benchmarks and judge (aa_lib.inputs); checked before any run starts")
     args = ap.parse_args(argv)
-    inputs = None
+    inputs = parameters = None
     if args.inputs is not None:
-        from aa_lib.inputs import read_paths
+        from aa_lib.inputs import read_parameters, read_paths
 
         try:
-            inputs = read_paths(args.inputs)
+            inputs, parameters = read_paths(args.inputs), read_parameters(args.inputs)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         figures_dir = figures_dir or runs_root / "figures"
     outcomes = run_specs(names, profile=args.profile, jobs=args.jobs, force=args.force, runs_root=runs_root,
                          timeout_s=args.timeout, smoke=args.smoke, figures_dir=figures_dir, specs_root=args.runs_root,
-                         inputs=inputs)
+                         inputs=inputs, parameters=parameters)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "busy")}
     print(f"runs: {counts['done']} done, {counts['skipped']} skipped (unchanged), {counts['failed']} failed"
           + (f", {counts['busy']} busy in another process" if counts["busy"] else ""))
