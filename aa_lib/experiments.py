@@ -37,6 +37,7 @@ import numpy as np
 
 from aa_lib import data, llf, mini
 from aa_lib.inputs import BenchmarkHeldOut, Inputs
+from aa_lib.mini.world import COLORS, DIRECTIONS, NUMBER_WORDS, PITCHES, POSITIONS, SHAPES
 from aa_lib.policies import (FAMILIES, family_for, policy_for, policy_sft_examples, refine_examples,  # noqa: F401
                              synthesis_config)
 from aa_lib.subtasks import get_subtask
@@ -60,9 +61,22 @@ class Sizes:
         "help": "Refinement examples in the policy's SFT, as a share of its plain examples."})
     sft_steps: int = field(default=100, metadata={"help": "Optimizer steps of the policy's SFT."})
     sft_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the policy's SFT (cosine)."})
+    reading_steps: int = field(default=0, metadata={
+        "help": "Optimizer steps of the text policy's second SFT stage, which teaches it to read a critique "
+                "(`policies.reading_examples`; 0: one stage)."})
+    reading_samples: int = field(default=2, metadata={"help": "Sampled answers per SFT prompt in stage 2."})
+    reading_media_drop: float = field(default=0.5, metadata={
+        "help": "Share of stage 2's refinement examples whose prompt media are dropped."})
+    reading_lr: float = field(default=5e-4, metadata={"help": "Peak learning rate of stage 2 (cosine)."})
     feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
     feedback_lr: float = field(default=1e-3, metadata={"help": "Learning rate of a feedback model."})
     dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
+    dpo_lr: float | None = field(default=None, metadata={
+        "help": "Learning rate of DPO (None: the preset's, or the one `dpo_selection` chose on the validation split)."})
+    dpo_lr_grid: tuple = field(default=(5e-5, 2e-4), metadata={
+        "help": "DPO learning rates `dpo_selection` tries on the validation split (empty: no selection)."})
+    n_validation: int = field(default=200, metadata={
+        "help": "Validation prompts of `dpo_selection` (mini train rows of `VALIDATION_SEED`, never held-out)."})
     reward_steps: int = field(default=8, metadata={"help": "Optimizer steps of a reward model."})
     ppo_episodes: int = field(default=16, metadata={"help": "PPO rollouts (prompts) in total."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
@@ -89,20 +103,25 @@ class Sizes:
 # and 50% / 25% / 62% in the plain greedy answer to x: the refinement prompt does not make the policy fix what the
 # critique names more than it does unprompted. A full-size ti2ti llf_main cell took 85 s (DPO 21, PPO 20, feedback
 # 17, synthesis 15, evaluations 12); an llf_feedback_fraction cell (3 fractions) 312 s on a more loaded machine.
+# The testbed's statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds);
+# image policies 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate
+# (no validation sweep: two more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates
+# at batch 8) instead of 16 (2, the first at warm-up lr 0).
 SIZES = {
-    ("text", False): {},
-    ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, sft_steps=2, feedback_steps=2, dpo_steps=1,
-                         reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6, critique_tokens=8,
-                         gen_batch_size=8),
-    ("image", False): dict(n_align=32, refine_share=0.1, sft_steps=360, sft_lr=5e-3),
+    ("text", False): dict(n_heldout=300, ppo_episodes=48),
+    ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, n_validation=4, sft_steps=2, feedback_steps=2,
+                         dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6,
+                         critique_tokens=8, gen_batch_size=8),
+    ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=()),
     ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
                           dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
-                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke"),
+                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke", dpo_lr_grid=()),
 }
 # Profile paper: the checkpoint is aligned as it is (no SFT), on every row of the user's data, scored on every item
 # of the benchmarks; None leaves a trainer's steps, batch, learning rate and length to Tables 5-8
 # (`presets.make_config`). The responses' lengths are the paper's generation budgets.
 PAPER_SIZES = dict(n_sft=0, n_align=None, n_heldout=None, feedback_steps=None, feedback_lr=None, dpo_steps=None,
+                   dpo_lr_grid=(),
                    reward_steps=None, ppo_episodes=None, batch_size=None, max_length=None, max_new_tokens=512,
                    critique_tokens=512, gen_batch_size=8)
 PAPER_SMOKE = dict(n_align=8, n_heldout=4, feedback_steps=1, dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=2,
@@ -162,6 +181,42 @@ def heldout(subtask: str, sizes: Sizes, root=".cache/mini", inputs: Inputs | Non
     return HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(ds["mini_meta"]))
 
 
+VALIDATION_SEED = 1000  # the mini train rows of the validation split (alignment seeds are 0, 1, 2)
+
+
+def validation_split(subtask: str, sizes: Sizes, root=".cache/mini") -> tuple:
+    """(alignment rows, prompts to score): the validation split that settings are chosen on, mini train rows of
+    `VALIDATION_SEED`, disjoint from every seed's rows and from the held-out stream."""
+    name = get_subtask(subtask).name
+    ds = mini.dataset(name, sizes.n_align + sizes.n_validation, seed=VALIDATION_SEED, root=root)
+    rows = ds.select(range(sizes.n_align, len(ds)))
+    fam = policy_for(name)
+    conv = data.to_sft(rows)
+    return ds.select(range(sizes.n_align)), HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))],
+                                                    list(rows["mini_meta"]))
+
+
+def dpo_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
+    """The DPO learning rate of every DPO arm, chosen on the validation split: DPO of the initial policy on the
+    validation rows' binary pairs at each rate of `sizes.dpo_lr_grid`, scored on the validation prompts; the best
+    mean score wins (the held-out prompts are never looked at). Returns the sweep and the choice (None when the
+    grid is empty or at profile paper, where the presets decide)."""
+    if profile != "tiny" or not sizes.dpo_lr_grid:
+        return {"chosen": sizes.dpo_lr, "sweep": []}
+    policy, _ = initial_checkpoint(subtask, profile)
+    rows, val = validation_split(subtask, sizes)
+    pairs = data.to_preference(rows)
+    sweep = []
+    for lr in sizes.dpo_lr_grid:
+        trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr})
+        model = dpo(subtask, policy, pairs, Path(out_dir) / f"lr-{lr:g}", trial, VALIDATION_SEED, profile)
+        sweep.append({"lr": lr, "steps": sizes.dpo_steps, "validation_score": evaluate(model, val, trial)["score"]})
+    initial = evaluate(policy, val, sizes)["score"]
+    best = max(sweep, key=lambda r: r["validation_score"])
+    return {"chosen": best["lr"], "sweep": sweep, "validation_initial": initial, "pairs": len(pairs),
+            "prompts": len(val.metas)}
+
+
 def cell_inputs(profile: str, params: dict | None) -> Inputs:
     """The notebook parameter `inputs` as `Inputs`; profile paper needs at least the checkpoint and the data."""
     inputs = Inputs.of(params)
@@ -193,9 +248,15 @@ def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mi
     sft_rows, _ = world_rows(subtask, seed, sizes, root)
     examples = fam.sft_examples(subtask, sft_rows, sizes, seed)
     t1 = time.time()
-    policy = fam.train_sft(base, examples, out_dir / "policy", sizes, seed)
-    return {"untrained": str(base), "policy": str(policy), "sft_examples": len(examples),
-            "seconds_sft": round(time.time() - t1, 1), "seconds": round(time.time() - t0, 1)}
+    policy = fam.train_sft(base, examples, out_dir / ("plain" if sizes.reading_steps else "policy"), sizes, seed)
+    out = {"untrained": str(base), "policy": str(policy), "sft_examples": len(examples),
+           "seconds_sft": round(time.time() - t1, 1)}
+    if sizes.reading_steps:
+        t2 = time.time()
+        out["plain"], out["policy"] = str(policy), str(fam.train_reading(policy, sft_rows, out_dir / "policy", sizes,
+                                                                          seed))
+        out["seconds_reading"] = round(time.time() - t2, 1)
+    return {**out, "seconds": round(time.time() - t0, 1)}
 
 
 # ---------------------------------------------------------------------------------------------------- judging
@@ -304,18 +365,166 @@ def ppo(subtask: str, policy, reward_pairs, prompts, out_dir, sizes: Sizes, seed
 
 def ablation(policy, feedback, held: HeldOut, sizes: Sizes, seed: int) -> dict:
     """Table 3: self-improve on held-out prompts with `feedback` (None: the policy critiques itself); the win rate
-    of y* over y judged by `mini.judge_pair` (ties count half), the share of changed responses, and the rubric
-    scores of y and y*."""
+    of y* over the policy's greedy answer judged by `mini.judge_pair` (ties count half), the share of responses y*
+    changed, and the rubric scores of y, the greedy answer and y*."""
     fam = policy_for(held.subtask)
     pol = fam.load(policy)
     fb = pol if feedback is None else fam.load(feedback)
     res = fam.improve(pol, fb, held.subtask, held.examples, sizes, seed)
     ys, stars = [r["y"] for r in res], [r["y_star"] for r in res]
-    wr = llf.win_rate(held.judge_pair, ys, stars)
-    return {**wr, "win_rate": 100 * wr["win_rate"], "judge": held.judge_name,
+    # y* against the policy's greedy answer, not against the sampled y it refined: a greedy y* beats a temperature-1
+    # y by decoding alone, which is not a feedback effect.
+    greedy = fam.respond(pol, held.subtask, held.examples, sizes, seed)
+    wr = llf.win_rate(held.judge_pair, greedy, stars)
+    return {**wr, "win_rate": 100 * wr["win_rate"], "judge": held.judge_name, "against": "greedy answer",
             "changed": 100 * float(np.mean([not fam.same(y, s) for y, s in zip(ys, stars)])),
-            "score_y": held.score(ys)["score"], "score_y_star": held.score(stars)["score"],
+            "score_y": held.score(ys)["score"], "score_greedy": held.score(greedy)["score"],
+            "score_y_star": held.score(stars)["score"],
             "examples": [{"y": fam.show(r["y"]), "c": r["c"], "y_star": fam.show(r["y_star"])} for r in res[:4]]}
+
+
+# ---------------------------------------------------------------------------------------------------- controls, probes
+GENERIC_CRITIQUE = "##Critique: the response has a problem . ##Refinement: fix this ."
+NO_ISSUE = "the response is correct"  # how the rubric's critique (and a feedback model trained on it) says "no issue"
+
+
+@dataclass
+class Critic:
+    """A critic that is not a model (`llf.is_critic`): the mini rubric's own critique of each response (`oracle`:
+    what LLF gives when the critic is right), or one fixed text for every response (the generic and no-critique
+    probes)."""
+
+    name: str
+    subtask: str
+    metas: dict = field(default_factory=dict)  # prompt example key -> mini_meta
+    text: str | None = None
+
+    @classmethod
+    def oracle(cls, subtask: str, examples: list[dict], metas: list[str]) -> "Critic":
+        return cls("mini rubric (oracle)", subtask, {llf.example_key(e): m for e, m in zip(examples, metas)})
+
+    def critique(self, examples: list[dict], responses: list) -> list[str]:
+        if self.text is not None:
+            return [self.text] * len(responses)
+        return [mini.rubric_score(self.metas[llf.example_key(e)], y, self.subtask)["critique"]
+                for e, y in zip(examples, responses)]
+
+
+def oracle_for_rows(rows) -> Critic:
+    """The oracle critic of mini rows' prompts (keyed as the families key their generation prompts)."""
+    name = rows.info.config_name
+    fam = policy_for(name)
+    conv = data.to_sft(rows)
+    return Critic.oracle(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(rows["mini_meta"]))
+
+
+def shuffled_pairs(pairs, seed: int):
+    """The negative control: binary pairs with chosen and rejected swapped on a seeded coin flip per pair."""
+    flip = np.random.default_rng([seed, 31]).random(len(pairs)) < 0.5
+    img = "chosen_images" in pairs.column_names
+
+    def fn(ex, i):
+        if not flip[i]:
+            return ex
+        out = {**ex, "chosen": ex["rejected"], "rejected": ex["chosen"]}
+        if img:
+            out["chosen_images"], out["rejected_images"] = ex["rejected_images"], ex["chosen_images"]
+        return out
+
+    return pairs.map(fn, with_indices=True, load_from_cache_file=False)
+
+
+VALUE_WORDS = frozenset([*COLORS, *SHAPES, *POSITIONS, *DIRECTIONS, *PITCHES, *NUMBER_WORDS[1:]])
+
+
+def fix_values(critique: str) -> set[str]:
+    """The attribute values a critique's refinement names (`##Refinement: name the shape : circle .`)."""
+    tail = critique.split("##Refinement:", 1)[1] if "##Refinement:" in critique else ""
+    return {t for t in tail.replace(".", " ").split() if t in VALUE_WORDS}
+
+
+def _words(response_shown) -> set[str]:
+    return set(json.dumps(response_shown).replace('"', " ").replace(",", " ").replace(":", " ").split())
+
+
+def refinement_probe(policy, held: HeldOut, sizes: Sizes, seed: int, feedback=None) -> dict:
+    """Probes (a) and (b) on held-out prompts. (a) y sampled from the policy, then y* greedy on [x, y, c] for four
+    critics: the rubric's own critique (`oracle`), a generic one, none (an empty critique) and the trained feedback
+    model (`trained`); per critic the fix rate (imperfect y -> perfect y*), keep rate (perfect y stays perfect), and
+    the scores of y* and of the greedy answer. (b) the trained critic: finished and well-formed critiques,
+    agreement with the rubric on whether y has an issue, how often its refinement names the values the rubric's
+    names, beside how often the policy's greedy answer already says them."""
+    fam = policy_for(held.subtask)
+    pol = fam.load(policy)
+    top = max_overall(held.subtask)
+    greedy = fam.respond(pol, held.subtask, held.examples, sizes, seed)
+    ys = fam.sample(pol, held.subtask, held.examples, sizes, seed)
+    s_y, s_greedy = held.score(ys)["scores"], held.score(greedy)["scores"]
+    y_ok = np.array([v >= 100 for v in s_y])
+    critics = {"oracle": Critic.oracle(held.subtask, held.examples, held.metas),
+               "generic": Critic("generic", held.subtask, text=GENERIC_CRITIQUE),
+               "none": Critic("none", held.subtask, text="")}
+    if feedback is not None:
+        critics["trained"] = fam.load(feedback)
+    keys = [f"{llf.example_key(e)}#{i}:c" for i, e in enumerate(held.examples)]
+    opts = llf.GenerationOptions(max_new_tokens=sizes.critique_tokens)
+    out, texts = {"n": len(ys), "score_y": float(np.mean(s_y)), "score_greedy": float(np.mean(s_greedy)),
+                  "perfect_y": float(100 * y_ok.mean()), "critics": {}}, {}
+    for name, critic in critics.items():
+        model, proc = (critic, None) if llf.is_critic(critic) else critic
+        cs = llf.critiques(model, proc, held.examples, ys, opts, sizes.gen_batch_size, seed, keys,
+                           fam.critique_prompt)
+        texts[name] = cs
+        stars = fam.refine(pol, held.subtask, held.examples, ys, [c.text for c in cs], sizes, seed)
+        s_star = np.array(held.score(stars)["scores"])
+        ok = s_star >= 100
+        out["critics"][name] = {
+            "fix_rate": float(100 * ok[~y_ok].mean()) if (~y_ok).any() else None,
+            "keep_rate": float(100 * ok[y_ok].mean()) if y_ok.any() else None,
+            "score_y_star": float(s_star.mean()), "y_star_minus_greedy": float(s_star.mean() - np.mean(s_greedy)),
+            "example": {"y": fam.show(ys[0]), "c": cs[0].text, "y_star": fam.show(stars[0])}}
+    if "trained" in texts:
+        oracle = [c.text for c in texts["oracle"]]
+        mine = texts["trained"]
+        says_ok = np.array([NO_ISSUE in c.text for c in mine])
+        named = [(fix_values(o), fix_values(c.text), _words(fam.show(g))) for o, c, g in zip(oracle, mine, greedy)]
+        with_values = [(o, c, g) for o, c, g in named if o]
+        out["critic"] = {
+            "finished": float(100 * np.mean([c.finished for c in mine])),
+            "well_formed": float(100 * np.mean([c.finished and "##Critique:" in c.text and "##Refinement:" in c.text
+                                                for c in mine])),
+            "issue_agreement": float(100 * np.mean(says_ok == y_ok)),
+            "names_right_value": float(100 * np.mean([o <= c for o, c, _ in with_values])) if with_values else None,
+            "policy_says_value": float(100 * np.mean([o <= g for o, _, g in with_values])) if with_values else None,
+            "items_with_values": len(with_values)}
+    return out
+
+
+def dpo_log(model_dir) -> list[dict]:
+    """Probe (d): a DPO run's logged steps: reward margin, chosen / rejected log-probs, loss."""
+    from aa_lib.train.common import LOG_HISTORY
+
+    path = Path(model_dir) / LOG_HISTORY
+    keep = ("step", "loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+    return [{k: h[k] for k in keep if k in h} for h in json.loads(path.read_text()) if "loss" in h] \
+        if path.exists() else []
+
+
+def pair_agreement(pairs, oracle: Critic) -> dict:
+    """Probe (c): the share of preference pairs whose chosen response the rubric scores higher (ties apart)."""
+    fam = policy_for(oracle.subtask)
+    better = ties = 0
+    for i in range(len(pairs)):
+        ex = pairs[i]
+        meta = oracle.metas[llf.example_key(fam.prompt_example({"prompt": ex["prompt"], **{
+            c: ex[c] for c in llf.MEDIA_COLUMNS if c in ex}}))]
+        a, b = (fam.pair_response(ex, side) for side in ("chosen", "rejected"))
+        sa, sb = (mini.rubric_score(meta, r, oracle.subtask)["overall"] for r in (a, b))
+        better += sa > sb
+        ties += sa == sb
+    n = len(pairs)
+    return {"n": n, "agree": float(100 * better / max(n, 1)), "ties": float(100 * ties / max(n, 1)),
+            "disagree": float(100 * (n - better - ties) / max(n, 1))}
 
 
 # ---------------------------------------------------------------------------------------------------- initial policy
@@ -358,12 +567,31 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
     pairs = data.to_preference(align)
     # The policy run scored this policy on the same held-out prompts (greedy, same sizes): its numbers are reused.
     methods = {"initial": pol["initial"] if pol.get("sizes") == sizes_dict(sizes) else evaluate(policy, held, sizes)}
-    methods["dpo"] = evaluate(dpo(subtask, policy, pairs, out / "dpo", sizes, seed, profile), held, sizes)
+    trained = {"dpo": dpo(subtask, policy, pairs, out / "dpo", sizes, seed, profile)}
+    methods["dpo"] = evaluate(trained["dpo"], held, sizes)
     feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
     if synth is not None:
-        methods["dpo_llf"] = evaluate(dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed, profile), held,
-                                      sizes)
+        trained["dpo_llf"] = dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed, profile)
+        methods["dpo_llf"] = evaluate(trained["dpo_llf"], held, sizes)
+    probes = {}
+    if isinstance(held, HeldOut):  # the controls and probes need the mini world's truth (profile tiny)
+        oracle = oracle_for_rows(align)
+        oracle_synth = synthesize(policy, oracle, align, out / "synthesis_oracle", len(pairs), sizes, seed)
+        if oracle_synth is not None:
+            trained["dpo_oracle_llf"] = dpo(subtask, policy, oracle_synth, out / "dpo_oracle_llf", sizes, seed,
+                                            profile)
+            methods["dpo_oracle_llf"] = evaluate(trained["dpo_oracle_llf"], held, sizes)
+        trained["dpo_shuffled"] = dpo(subtask, policy, shuffled_pairs(pairs, seed), out / "dpo_shuffled", sizes,
+                                      seed, profile)
+        methods["dpo_shuffled"] = evaluate(trained["dpo_shuffled"], held, sizes)
+        probes = {"pairs": {"binary": pair_agreement(pairs, oracle),
+                            **({"llf": pair_agreement(synth, oracle)} if synth is not None else {}),
+                            **({"oracle_llf": pair_agreement(oracle_synth, oracle)} if oracle_synth is not None
+                               else {})},
+                  "synthesis_oracle": synthesis_report(out / "synthesis_oracle"),
+                  "dpo_steps": {k: dpo_log(v) for k, v in trained.items()},
+                  "refinement": refinement_probe(policy, held, sizes, seed, feedback)}
     prompts = data.to_prompts(align)
     ppo_path, _ = ppo(subtask, policy, data.to_reward_pairs(align), prompts, out / "ppo", sizes, seed, profile)
     methods["ppo"] = evaluate(ppo_path, held, sizes)
@@ -375,7 +603,7 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
             "methods": {k: summary(v) for k, v in methods.items()}, "respondents": respondents,
             "initial_from_policy_run": methods["initial"] is pol.get("initial"),
             "binary_pairs": len(pairs), "synthesis": synthesis_report(out / "synthesis"),
-            "feedback_model": str(feedback)}
+            "feedback_model": str(feedback), "probes": probes}
 
 
 def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut, profile: str = "tiny") -> dict:
@@ -395,6 +623,7 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     out = Path(out_dir)
     policy, _ = initial_checkpoint(subtask, profile)
     _, main = run_results("llf_main", seed, subtask, profile=profile)
+    sizes = Sizes(**{**sizes_dict(sizes), "dpo_lr": main["sizes"].get("dpo_lr")})  # llf_main's validated choice
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]
     initial = main["methods"]["initial"]["score"]
@@ -447,7 +676,7 @@ def run_results(spec: str, seed: int, subtask: str, runs_root=None, profile: str
 def summary(evaluation: dict) -> dict:
     """The numbers of an `evaluate` result worth saving (no per-prompt responses)."""
     return {k: evaluation[k] for k in ("score", "perfect", "overall", "max_overall", "dimensions", "n", "examples",
-                                       "benchmarks", "failures") if k in evaluation}
+                                       "benchmarks", "failures", "scores") if k in evaluation}
 
 
 def sizes_dict(sizes: Sizes) -> dict:

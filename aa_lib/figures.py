@@ -182,3 +182,18 @@ def interval(values, level: float = 0.95) -> tuple[float, float, int]:
     t = T95[len(v) - 1] if len(v) - 1 in T95 else 1.96
     half = t * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
+
+
+def paired_delta(deltas, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): a 95 % interval of the mean of paired per-prompt differences `deltas` (seeds x prompts,
+    method minus initial on the same prompt), by a two-way bootstrap that resamples seeds and prompts, so that both
+    the training seeds' spread and the prompts' spread widen it."""
+    d = np.asarray(deltas, dtype=float)
+    if d.ndim != 2 or d.size == 0:
+        raise ValueError(f"paired_delta: expected a (seeds x prompts) array, got shape {d.shape}")
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, d.shape[0], size=(reps, d.shape[0]))
+    p = rng.integers(0, d.shape[1], size=(reps, d.shape[1]))
+    means = np.array([d[np.ix_(si, pi)].mean() for si, pi in zip(s, p)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(d.mean()), float(low), float(high)

@@ -56,7 +56,7 @@ def policy_for(subtask: str):
 
 def quiet(**kw) -> dict:
     """Trainer arguments of every experiment stage: no saving or reporting, aa_lib's progress bars."""
-    return dict(logging_steps=10, report_to="none", save_strategy="no", **progress.trainer_kwargs(), **kw)
+    return {**dict(logging_steps=10, report_to="none", save_strategy="no", **progress.trainer_kwargs()), **kw}
 
 
 def load_pair(model_or_path, family: str | None = None):
@@ -107,6 +107,52 @@ def policy_sft_examples(ds, refine_share: float, seed: int = 0):
     return datasets.concatenate_datasets([plain, ref]).shuffle(seed=seed).flatten_indices()
 
 
+def without_media(example: dict) -> dict:
+    """`example` with the prompt's media taken out (its image / video / audio parts and columns)."""
+    def strip(m):
+        if isinstance(m["content"], str):
+            return m
+        return {"role": m["role"], "content": [p for p in m["content"] if p["type"] == "text"]}
+
+    return {k: ([strip(m) for m in v] if k == "prompt" else v) for k, v in example.items()
+            if k not in llf.MEDIA_COLUMNS}
+
+
+def reading_examples(pair, rows, sizes, seed: int) -> list[dict]:
+    """Stage 2 of the text policy's SFT: on-policy refinement examples that teach it to read a critique (the recipe
+    of ../shared/spec/MINI_WORLD_FACTS.md, "what it took for feedback to be used").
+
+    For each SFT row, `reading_samples` answers y sampled from the stage-1 policy (temperature 1, seeded by the row's
+    key and the sample index); c = the mini rubric's critique of y; target = the world's reference answer when y is
+    imperfect (the fix the critique names) and y itself when it is perfect (the critique says keep it, and a
+    right answer learns to stay right). The prompt's media are dropped on a `reading_media_drop` share of them: the
+    media already predict the target, so without the drop the critique gets no gradient."""
+    from aa_lib.experiments import max_overall
+
+    name = rows.info.config_name
+    conv = data.to_sft(rows)
+    metas = list(rows["mini_meta"])
+    prompts = [{c: v for c, v in conv[i].items() if c != "completion"} for i in range(len(conv))]
+    keys = [llf.example_key(p) for p in prompts]
+    top = max_overall(name)
+    rng = np.random.default_rng([seed, 23])
+    out = []
+    for r in range(sizes.reading_samples):
+        ys = llf.generate(*pair, prompts, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
+                          batch_size=sizes.gen_batch_size, seed=seed, keys=[f"{k}:read{r}" for k in keys])
+        for p, meta, y in zip(prompts, metas, ys):
+            verdict = mini.rubric_score(meta, y, name)
+            target = y if verdict["overall"] == top else json.loads(meta)["reference"]
+            ex = llf.refine_example(p, y, verdict["critique"])
+            if rng.random() < sizes.reading_media_drop:
+                ex = without_media(ex)
+            last = conv[0]["completion"][0]
+            text = target if isinstance(last["content"], str) else [{"type": "text", "text": target}]
+            out.append({**{c: [] for c in llf.MEDIA_COLUMNS if c in p}, **ex,
+                        "completion": [{"role": "assistant", "content": text}]})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- text
 @dataclass
 class TextPolicy:
@@ -133,6 +179,21 @@ class TextPolicy:
                         max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet())
         return train_sft(cfg, start, examples)
 
+    def train_reading(self, plain, rows, out_dir, sizes, seed: int) -> Path:
+        """Stage 2: SFT from the plain policy on the rows' plain examples mixed with `reading_examples`."""
+        import datasets
+
+        from aa_lib.train.sft import SFTConfig, train_sft
+
+        plain_ex = data.to_sft(rows)
+        reading = datasets.Dataset.from_list(reading_examples(self.load(plain), rows, sizes, seed),
+                                             features=plain_ex.features)
+        mix = datasets.concatenate_datasets([plain_ex, reading]).shuffle(seed=seed).flatten_indices()
+        cfg = SFTConfig(output_dir=str(out_dir), max_steps=sizes.reading_steps, learning_rate=sizes.reading_lr,
+                        per_device_train_batch_size=sizes.batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+                        max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet())
+        return train_sft(cfg, plain, mix)
+
     def load(self, model_or_path):
         return load_pair(model_or_path)
 
@@ -143,6 +204,27 @@ class TextPolicy:
     def respond(self, pair, subtask: str, examples: list[dict], sizes, seed: int) -> list[str]:
         """Greedy responses."""
         return llf.generate(*pair, examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
+                            batch_size=sizes.gen_batch_size, seed=seed)
+
+    def sample(self, pair, subtask: str, examples: list[dict], sizes, seed: int) -> list[str]:
+        """Responses at temperature 1, each seeded by (seed, its prompt and position)."""
+        keys = [f"{llf.example_key(e)}#{i}:y" for i, e in enumerate(examples)]
+        return llf.generate(*pair, examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens,
+                                                                   do_sample=True),
+                            batch_size=sizes.gen_batch_size, seed=seed, keys=keys)
+
+    def critique_prompt(self, example: dict, response) -> dict:
+        return llf.critique_example(example, response)
+
+    def pair_response(self, pair: dict, side: str) -> str:
+        """The response text of a preference pair's `side` ("chosen" / "rejected")."""
+        content = pair[side][-1]["content"]
+        return content if isinstance(content, str) else " ".join(c["text"] for c in content if c["type"] == "text")
+
+    def refine(self, pair, subtask: str, examples: list[dict], ys: list, cs: list[str], sizes, seed: int) -> list:
+        """Greedy y* on the refinement prompt [x, y, c]."""
+        return llf.generate(*pair, [llf.refine_example(e, y, c) for e, y, c in zip(examples, ys, cs)],
+                            llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
                             batch_size=sizes.gen_batch_size, seed=seed)
 
     def improve(self, pol, fb, subtask: str, examples: list[dict], sizes, seed: int) -> list[dict]:
@@ -173,15 +255,15 @@ class TextPolicy:
         from aa_lib.train.dpo import train_dpo
 
         cfg = make_config("dpo", subtask, out_dir, profile, max_steps=sizes.dpo_steps,
-                          per_device_train_batch_size=sizes.batch_size, max_length=sizes.max_length, seed=seed,
-                          data_seed=seed, **quiet())
+                          learning_rate=sizes.dpo_lr, per_device_train_batch_size=sizes.batch_size,
+                          max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet(logging_steps=1))
         return train_dpo(cfg, policy, pairs)
 
     def synthesize(self, policy, feedback, align_rows, out_dir, target_size: int, sizes, seed: int):
         cfg = synthesis_config(out_dir, target_size, sizes, seed)
         try:
-            return llf.synthesize_preferences(cfg, str(policy), data.to_prompts(align_rows),
-                                              None if feedback is None else str(feedback))
+            critic = feedback if feedback is None or llf.is_critic(feedback) else str(feedback)
+            return llf.synthesize_preferences(cfg, str(policy), data.to_prompts(align_rows), critic)
         except ValueError as e:
             if "was dropped" not in str(e):
                 raise
@@ -333,10 +415,9 @@ def improve_images(policy, proc, feedback, fproc, subtask: str, examples: list[d
     y* = greedy response of the policy to (x, y, c). Returns dicts y, c, c_finished, y_star (responses: t2i images,
     ti2ti {"text", "image"})."""
     ys = _sample(policy, proc, subtask, examples, [k + ":y" for k in keys], seed, sizes)
-    cs = llf.generate_detailed(feedback, fproc, [_with_response(e, y, data.CRITIQUE_REQUEST)
-                                                 for e, y in zip(examples, ys)],
-                               llf.GenerationOptions(max_new_tokens=sizes.critique_tokens), sizes.gen_batch_size, seed,
-                               [k + ":c" for k in keys])
+    cs = llf.critiques(feedback, fproc, examples, ys, llf.GenerationOptions(max_new_tokens=sizes.critique_tokens),
+                       sizes.gen_batch_size, seed, [k + ":c" for k in keys],
+                       lambda e, y: _with_response(e, y, data.CRITIQUE_REQUEST))
     refine = [_with_response(e, y, llf.REFINE_TEMPLATE.format(critique=c.text)) for e, y, c in zip(examples, ys, cs)]
     stars = _respond(policy, proc, subtask, refine, seed, 0, sizes)
     return [{"y": y, "c": c.text, "c_finished": c.finished, "y_star": s} for y, c, s in zip(ys, cs, stars)]
@@ -466,6 +547,29 @@ class ImagePolicy:
         """Greedy images (temperature 0; ti2ti: text, then the image)."""
         return _respond(*pair, subtask, examples, seed, 0, sizes)
 
+    def sample(self, pair, subtask: str, examples: list[dict], sizes, seed: int) -> list:
+        keys = [f"{llf.example_key(e)}#{i}:y" for i, e in enumerate(examples)]
+        return _sample(*pair, subtask, examples, keys, seed, sizes)
+
+    def critique_prompt(self, example: dict, response) -> dict:
+        return _with_response(example, response, data.CRITIQUE_REQUEST)
+
+    def pair_response(self, pair: dict, side: str):
+        """The response of a preference pair's `side`: its image (ti2ti: {"text", "image"})."""
+        from aa_lib.media import load_image
+
+        image = np.asarray(load_image(pair[f"{side}_images"][-1]).convert("RGB"))
+        texts = [c["text"] for c in pair[side][-1]["content"] if c["type"] == "text"]
+        return {"text": texts[0], "image": image} if texts else image
+
+    def refine(self, pair, subtask: str, examples: list[dict], ys: list, cs: list[str], sizes, seed: int) -> list:
+        refine = [_with_response(e, y, llf.REFINE_TEMPLATE.format(critique=c)) for e, y, c in zip(examples, ys, cs)]
+        return _respond(*pair, subtask, refine, seed, 0, sizes)
+
+    def train_reading(self, plain, rows, out_dir, sizes, seed: int) -> Path:
+        raise ValueError("reading_steps > 0: the image policies learn to act on a critique in their one SFT stage "
+                         "(refinement examples with canonical targets, `policy_sft_rows`); set reading_steps=0")
+
     def improve(self, pol, fb, subtask: str, examples: list[dict], sizes, seed: int) -> list[dict]:
         from aa_lib.llf.generation import example_key
 
@@ -500,9 +604,10 @@ class ImagePolicy:
 
         p = get_preset("dpo", subtask, profile)
         steps = {"num_train_epochs": p.epochs} if sizes.dpo_steps is None else {"max_steps": sizes.dpo_steps}
-        cfg = ImageDPOConfig(output_dir=str(out_dir), learning_rate=p.learning_rate, lr_scheduler_type=p.scheduler,
-                             beta=p.beta, per_device_train_batch_size=sizes.batch_size or p.per_device_batch_size,
-                             weight_decay=p.weight_decay, seed=seed, data_seed=seed, **steps, **quiet())
+        cfg = ImageDPOConfig(output_dir=str(out_dir), learning_rate=sizes.dpo_lr or p.learning_rate,
+                             lr_scheduler_type=p.scheduler, beta=p.beta,
+                             per_device_train_batch_size=sizes.batch_size or p.per_device_batch_size,
+                             weight_decay=p.weight_decay, seed=seed, data_seed=seed, **steps, **quiet(logging_steps=1))
         return train_image_dpo(cfg, policy, pairs)
 
     def synthesize(self, policy, feedback, align_rows, out_dir, target_size: int, sizes, seed: int):
@@ -521,7 +626,8 @@ class ImagePolicy:
         if not P:
             raise ValueError("synthesize: no prompts")
         check_meta(out, {"seed": seed, "policy": str(policy),
-                         "feedback_model": None if feedback is None else str(feedback),
+                         "feedback_model": None if feedback is None else
+                         feedback.name if llf.is_critic(feedback) else str(feedback),
                          "generation": {"y": "temperature 1", "c": f"greedy, {sizes.critique_tokens} tokens",
                                         "y_star": "greedy"}})
         done = read_shard(out / SHARD)
@@ -534,7 +640,8 @@ class ImagePolicy:
             nonlocal models
             if models is None:
                 pol = self.load(policy)
-                models = (*pol, *(pol if feedback is None else self.load(feedback)))
+                fb = pol if feedback is None else (feedback, None) if llf.is_critic(feedback) else self.load(feedback)
+                models = (*pol, *fb)
             res = improve_images(*models, subtask, [P[i] for _, i, _ in batch], [iid for _, _, iid in batch], sizes,
                                  seed)
             records = []

@@ -18,8 +18,9 @@ runs the family's processor on images / video / audio) and the KV cache. Samplin
 it lands in or on batch order: batched and one-at-a-time generation agree, and a resumed synthesis reproduces
 the uninterrupted one.
 """
-from aa_lib.llf.feedback import (REFINE_TEMPLATE, build_feedback_trainer, critique_example, feedback_sft_examples,
-                                 refine_example, self_improve, train_feedback_model, win_rate)
+from aa_lib.llf.feedback import (REFINE_TEMPLATE, build_feedback_trainer, critique_example, critiques,
+                                 feedback_sft_examples, is_critic, refine_example, self_improve, train_feedback_model,
+                                 win_rate)
 from aa_lib.llf.generation import (MEDIA_COLUMNS, Generation, GenerationOptions, example_key, generate,
                                    generate_detailed)
 from aa_lib.llf.synthesis import (SynthesisConfig, item_id, load_synthesized, normalize_ws, pair_filter,
@@ -27,7 +28,8 @@ from aa_lib.llf.synthesis import (SynthesisConfig, item_id, load_synthesized, no
 
 __all__ = [
     "REFINE_TEMPLATE", "GenerationOptions", "Generation", "generate", "generate_detailed", "example_key",
-    "critique_example", "refine_example", "train_feedback_model", "build_feedback_trainer", "feedback_sft_examples",
+    "critique_example", "critiques", "is_critic", "refine_example", "train_feedback_model",
+    "build_feedback_trainer", "feedback_sft_examples",
     "self_improve", "SynthesisConfig", "synthesize_preferences", "pair_filter", "item_id", "load_synthesized",
     "to_reward_pairs", "normalize_ws", "win_rate",
     "MEDIA_COLUMNS",

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from aa_lib.data import CRITIQUE_REQUEST, CRITIQUE_REQUEST_AUDIO
-from aa_lib.llf.generation import MEDIA_COLUMNS, GenerationOptions, example_key, generate_detailed
+from aa_lib.llf.generation import MEDIA_COLUMNS, Generation, GenerationOptions, example_key, generate_detailed
 
 # SPEC §3.2: the upstream self-improvement prompt (the critique is pasted in as the model wrote it).
 REFINE_TEMPLATE = "{critique}. Now, please refine the response based on the critique and refinement suggestions."
@@ -90,7 +90,26 @@ def feedback_sft_examples(dataset, *, subtask=None, fraction: float = 1.0, seed:
 
 
 # ---------------------------------------------------------------------------------------------------- self-improving
+def is_critic(feedback) -> bool:
+    """Whether `feedback` is a critic that is not a model: an object with `critique(examples, responses) -> texts`
+    (e.g. the mini rubric as an oracle critic, `aa_lib.experiments.Critic`) and a `name`."""
+    return hasattr(feedback, "critique") and hasattr(feedback, "name")
+
+
+def critiques(feedback, feedback_processor, examples: list[dict], responses: list, options, batch_size: int,
+              seed: int, keys: list[str], as_prompt: Callable[[dict, object], dict]) -> list[Generation]:
+    """The critique of each response: a critic's text (always finished), or the feedback model's greedy reply to
+    `as_prompt(example, response)` (the critique request with the response in the conversation)."""
+    if is_critic(feedback):
+        return [Generation(text=t, n_tokens=len(t.split()), finished=True)
+                for t in feedback.critique(examples, responses)]
+    return generate_detailed(feedback, feedback_processor, [as_prompt(e, y) for e, y in zip(examples, responses)],
+                             options, batch_size, seed, keys)
+
+
 def _as_model(model_or_path, processor=None):
+    if is_critic(model_or_path):
+        return model_or_path, None
     if isinstance(model_or_path, (str, os.PathLike)):
         from aa_lib.models import load_model
 
@@ -104,9 +123,8 @@ def _improve(policy, processor, feedback, feedback_processor, examples: list[dic
              policy_options, feedback_options, refine_options, batch_size: int, seed: int) -> list[dict]:
     """One self-improvement pass over `examples`: y, c, y* with their generation details."""
     ys = generate_detailed(policy, processor, examples, policy_options, batch_size, seed, [k + ":y" for k in keys])
-    crit_ex = [critique_example(ex, y.text) for ex, y in zip(examples, ys)]
-    cs = generate_detailed(feedback, feedback_processor, crit_ex, feedback_options, batch_size, seed,
-                           [k + ":c" for k in keys])
+    cs = critiques(feedback, feedback_processor, examples, [y.text for y in ys], feedback_options, batch_size, seed,
+                   [k + ":c" for k in keys], critique_example)
     ref_ex = [refine_example(ex, y.text, c.text) for ex, y, c in zip(examples, ys, cs)]
     ss = generate_detailed(policy, processor, ref_ex, refine_options, batch_size, seed, [k + ":r" for k in keys])
     return [{"y": y.text, "c": c.text, "y_star": s.text, "y_tokens": y.n_tokens, "y_star_tokens": s.n_tokens,

@@ -151,7 +151,7 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
         raise ValueError("synthesize_preferences: no prompts")
     check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
                       "feedback_model": str(feedback_model) if isinstance(feedback_model, (str, os.PathLike))
-                      else None, "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
+                      else getattr(feedback_model, "name", None), "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
                                                 asdict(config.refine_generation)]})
     shard = out / SHARD
     done = read_shard(shard)

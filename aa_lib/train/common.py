@@ -6,6 +6,7 @@ stage (DPO after SFT, PPO after the reward model) loads it with `aa_lib.models.l
 """
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -149,8 +150,13 @@ def unwrap_peft(model):
     return model
 
 
-def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None) -> Path:
-    """Save a trained model (adapters merged) + processor as a loadable folder, atomically."""
+LOG_HISTORY = "log_history.json"
+
+
+def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[Path], None] | None = None,
+                 log_history: list[dict] | None = None) -> Path:
+    """Save a trained model (adapters merged) + processor as a loadable folder, atomically; `log_history` (the
+    trainer's logged metrics per step) goes beside it as `log_history.json`."""
     plain = unwrap_peft(model)
     if any(hasattr(p, "ds_id") for p in plain.parameters()):  # DeepSpeed tags the parameters it partitions
         raise NotImplementedError("save_trained: ZeRO-3-partitioned weights are not gathered; use fsdp/multi_gpu, "
@@ -171,6 +177,8 @@ def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[P
             shutil.copy(spec, tmp / spec.name)  # keeps load_model's float32 default for tiny models
         if extra is not None:
             extra(tmp)
+        if log_history is not None:
+            (tmp / LOG_HISTORY).write_text(json.dumps(log_history, indent=1))
 
     return write_folder_atomic(out_dir, write)
 

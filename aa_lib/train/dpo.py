@@ -67,4 +67,5 @@ def train_dpo(config: DPOConfig, model_path, dataset, ref_model_path=None) -> Pa
     """Run DPO from `model_path`; the merged policy and processor go to `config.output_dir`."""
     trainer = build_dpo_trainer(config, model_path, dataset, ref_model_path)
     trainer.train()
-    return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path)
+    return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path,
+                        log_history=trainer.state.log_history)

@@ -318,7 +318,8 @@ def train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=
     """DPO on image outputs from `model_path` (reference: `ref_model_path`, default the same folder, frozen)."""
     trainer = build_image_dpo_trainer(config, model_path, dataset, ref_model_path)
     trainer.train()
-    return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path)
+    return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path,
+                        log_history=trainer.state.log_history)
 
 
 # ----------------------------------------------------------------------------------------------------------------

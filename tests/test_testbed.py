@@ -1,0 +1,137 @@
+"""The tiny testbed's controls and probes (aa_lib.experiments): the oracle critic, shuffled labels, the rubric's
+agreement with pairs, the refinement probe, DPO's logged steps, the validation selection, the paired interval, and
+the policy's second SFT stage (`policies.reading_examples`), on text (ti2t) and image (ti2ti) outputs at smoke size."""
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from aa_lib import data, experiments as E, figures, mini
+from aa_lib.policies import policy_for, reading_examples, without_media
+
+
+@pytest.fixture(scope="module", params=["ti2t", "ti2ti"])
+def cell(request, tmp_path_factory):
+    subtask = request.param
+    out = tmp_path_factory.mktemp(subtask)
+    root = out / "mini"
+    sizes = E.experiment_sizes(True, subtask=subtask)
+    trained = E.train_policy(subtask, out, 0, sizes, root=root)
+    _, align = E.world_rows(subtask, 0, sizes, root)
+    return {"subtask": subtask, "out": out, "root": root, "sizes": sizes, "policy": trained["policy"],
+            "align": align, "held": E.heldout(subtask, sizes, root=root)}
+
+
+def test_shuffled_pairs_swap_about_half_and_keep_the_prompts():
+    ds = mini.dataset("ti2t", 64, seed=3, root=".cache/mini")
+    pairs = data.to_preference(ds)
+    shuffled = E.shuffled_pairs(pairs, seed=0)
+    swapped = [a["chosen"] == b["rejected"] and a["rejected"] == b["chosen"] for a, b in zip(pairs, shuffled)]
+    kept = [a["chosen"] == b["chosen"] for a, b in zip(pairs, shuffled)]
+    assert all(s or k for s, k in zip(swapped, kept))
+    assert 16 <= sum(swapped) <= 48
+    assert [a["prompt"] for a in pairs] == [b["prompt"] for b in shuffled]
+    again = E.shuffled_pairs(pairs, seed=0)
+    assert [r["chosen"] for r in again] == [r["chosen"] for r in shuffled]  # seeded
+    oracle = E.oracle_for_rows(ds)
+    # The rows' labels mostly agree with the rubric; shuffling them brings agreement towards disagreement.
+    real, fake = E.pair_agreement(pairs, oracle), E.pair_agreement(shuffled, oracle)
+    assert real["agree"] > real["disagree"] + 20
+    assert fake["agree"] - fake["disagree"] < real["agree"] - real["disagree"] - 20
+    assert real["agree"] + real["ties"] + real["disagree"] == pytest.approx(100)
+
+
+def test_oracle_critic_says_what_the_rubric_says(cell):
+    held = cell["held"]
+    oracle = E.Critic.oracle(cell["subtask"], held.examples, held.metas)
+    fam = policy_for(cell["subtask"])
+    ys = fam.respond(fam.load(cell["policy"]), cell["subtask"], held.examples, cell["sizes"], 0)
+    texts = oracle.critique(held.examples, ys)
+    assert texts == [mini.rubric_score(m, y, cell["subtask"])["critique"] for m, y in zip(held.metas, ys)]
+    assert all(t.startswith("##Critique:") for t in texts)
+    assert E.Critic("generic", cell["subtask"], text=E.GENERIC_CRITIQUE).critique(held.examples, ys) == \
+        [E.GENERIC_CRITIQUE] * len(ys)
+
+
+def test_oracle_synthesis_pairs_and_their_agreement(cell, tmp_path):
+    sizes, align = cell["sizes"], cell["align"]
+    oracle = E.oracle_for_rows(align)
+    synth = E.synthesize(cell["policy"], oracle, align, tmp_path / "oracle", 4, sizes, 0)
+    meta = json.loads((tmp_path / "oracle" / "synthesis_meta.json").read_text())
+    assert meta["feedback_model"] == "mini rubric (oracle)"
+    shard = [json.loads(line) for line in (tmp_path / "oracle" / "synthesis.jsonl").read_text().splitlines()]
+    assert shard and all(r["c"].startswith("##Critique:") for r in shard)
+    if synth is not None:  # a smoke policy may refine nothing: then every item is dropped as identical
+        agree = E.pair_agreement(synth, oracle)
+        assert agree["n"] == len(synth)
+
+
+def test_refinement_probe_reports_every_critic(cell):
+    sizes, held = cell["sizes"], cell["held"]
+    fb = E.train_feedback(cell["subtask"], cell["policy"], cell["align"], cell["out"] / "fb", sizes, 0)
+    probe = E.refinement_probe(cell["policy"], held, sizes, 0, fb)
+    assert set(probe["critics"]) == {"oracle", "generic", "none", "trained"}
+    assert probe["n"] == len(held.metas)
+    for c in probe["critics"].values():
+        assert c["score_y_star"] - c["y_star_minus_greedy"] == pytest.approx(probe["score_greedy"])
+        assert (c["fix_rate"] is None) == (probe["perfect_y"] == 100)
+    critic = probe["critic"]
+    assert 0 <= critic["well_formed"] <= critic["finished"] <= 100
+
+
+def test_dpo_logs_every_step_and_selection_uses_the_validation_split(cell, tmp_path):
+    sub, sizes = cell["subtask"], cell["sizes"]
+    out = E.dpo(sub, cell["policy"], data.to_preference(cell["align"]), tmp_path / "dpo",
+                E.Sizes(**{**E.sizes_dict(sizes), "dpo_steps": 2}), 0)
+    log = E.dpo_log(out)
+    assert [r["step"] for r in log] == [1, 2]
+    assert all("loss" in r for r in log)
+    rows, val = E.validation_split(sub, sizes, root=cell["root"])
+    held_prompts = {json.loads(m)["id"] for m in cell["held"].metas}
+    assert not held_prompts & {json.loads(m)["id"] for m in val.metas}
+    assert not {json.loads(m)["id"] for m in cell["align"]["mini_meta"]} & {json.loads(m)["id"] for m in
+                                                                          rows["mini_meta"]}
+
+
+def test_fix_values_reads_the_refinement():
+    c = "##Critique: the response says the shape is square , but it is circle . ##Refinement: name the shape : circle ."
+    assert E.fix_values(c) == {"circle"}
+    assert E.fix_values("##Critique: the response is correct , clear and complete .") == set()
+
+
+def test_paired_delta_interval():
+    rng = np.random.default_rng(0)
+    shift = 2.0 + rng.normal(0, 1, size=(3, 300))
+    m, lo, hi = figures.paired_delta(shift)
+    assert lo < m < hi and lo > 1.5 and hi < 2.5
+    m0, lo0, hi0 = figures.paired_delta(rng.normal(0, 1, size=(3, 300)))
+    assert lo0 < 0 < hi0
+    wide = figures.paired_delta(shift + np.array([[-3.0], [0.0], [3.0]]))  # seeds that disagree widen it
+    assert wide[2] - wide[1] > 3 * (hi - lo)
+    with pytest.raises(ValueError, match="seeds x prompts"):
+        figures.paired_delta([1.0, 2.0])
+
+
+def test_reading_examples_target_the_fix_and_drop_media(tmp_path):
+    sizes = E.experiment_sizes(True, {"reading_samples": 2, "reading_media_drop": 1.0}, "ti2t")
+    rows, _ = E.world_rows("ti2t", 0, sizes, tmp_path / "mini")
+    fam = policy_for("ti2t")
+    pol = fam.load(E.build_untrained("ti2t", tmp_path / "u", 0, sizes))
+    ex = reading_examples(pol, rows, sizes, 0)
+    assert len(ex) == 2 * len(rows)
+    metas = list(rows["mini_meta"]) * 2
+    top = E.max_overall("ti2t")
+    for e, meta in zip(ex, metas):
+        y = e["prompt"][1]["content"][0]["text"]
+        target = e["completion"][0]["content"][0]["text"]
+        verdict = mini.rubric_score(meta, y, "ti2t")
+        assert target == (y if verdict["overall"] == top else json.loads(meta)["reference"])
+        assert verdict["critique"] in e["prompt"][2]["content"][0]["text"]
+        assert e["images"] == [] and all(p["type"] == "text" for m in e["prompt"] for p in m["content"])
+    keep = reading_examples(pol, rows, E.Sizes(**{**E.sizes_dict(sizes), "reading_media_drop": 0.0}), 0)
+    assert all(len(e["images"]) == 1 for e in keep)
+    stripped = without_media(keep[0])
+    assert "images" not in stripped and stripped["prompt"][0]["content"][-1]["type"] == "text"
