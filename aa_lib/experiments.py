@@ -68,11 +68,14 @@ class Sizes:
     reading_media_drop: float = field(default=0.5, metadata={
         "help": "Share of stage 2's refinement examples whose prompt media are dropped."})
     reading_lr: float = field(default=5e-4, metadata={"help": "Peak learning rate of stage 2 (cosine)."})
+    reading_batch_size: int | None = field(default=None, metadata={"help": "Stage 2's batch (None: batch_size)."})
     feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
     feedback_lr: float = field(default=1e-3, metadata={"help": "Learning rate of a feedback model."})
     dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
     dpo_lr: float | None = field(default=None, metadata={
         "help": "Learning rate of DPO (None: the preset's, or the one `dpo_selection` chose on the validation split)."})
+    dpo_llf_lr: float | None = field(default=None, metadata={
+        "help": "Learning rate of DPO on synthesized pairs (None: `dpo_lr`)."})
     dpo_lr_grid: tuple = field(default=(5e-5, 2e-4), metadata={
         "help": "DPO learning rates `dpo_selection` tries on the validation split (empty: no selection)."})
     n_validation: int = field(default=200, metadata={
@@ -103,15 +106,28 @@ class Sizes:
 # and 50% / 25% / 62% in the plain greedy answer to x: the refinement prompt does not make the policy fix what the
 # critique names more than it does unprompted. A full-size ti2ti llf_main cell took 85 s (DPO 21, PPO 20, feedback
 # 17, synthesis 15, evaluations 12); an llf_feedback_fraction cell (3 fractions) 312 s on a more loaded machine.
-# The testbed's statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds);
-# image policies 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate
-# (no validation sweep: two more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates
-# at batch 8) instead of 16 (2, the first at warm-up lr 0).
+# The text policies (the testbed of the llf_mechanism figure): SFT in two stages, 300 plain steps on the rows' prompts
+# -> the reference with `policies.INITIAL_POLICY_FAULTS`, then 1,200 steps that teach reading a critique
+# (`policies.reading_examples`, media dropped on every one). Measured on ti2t (seed 0, 200 held-out prompts, y*
+# refined from a sampled y, points over the greedy answer): 600 steps with half the media dropped (lr 5e-4) or all
+# of them (lr 5e-4 or 1e-3): the oracle critique changes nothing (+0.6 / -0.6 / -0.6, as a generic critique); 1,200
+# steps at 1e-3 with all dropped: oracle +9.6 to +16 (fixes 32-49 % of wrong answers), generic +2.0 to +3.8; tv2t:
+# oracle +18 (60 %), generic +1.9. Then DPO (8 steps) on 64 pairs synthesized with the oracle critique moved the
+# greedy answer by +3.3 / +5.4 points at lr 5e-5 / 2e-4 (ti2t), +0.3 / +2.6 (tv2t); on the binary pairs +0.2 / +2.2
+# and +0.5 / +1.7 (one seed, 300 held-out prompts). The learning rate the experiments use is chosen on the
+# validation split (`dpo_selection`).
+# Statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds); image policies
+# 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate (no
+# validation sweep: more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates at
+# batch 8) instead of 16 (2, the first at warm-up lr 0).
+TEXT_POLICY = dict(refine_share=0.0, sft_steps=300, reading_steps=1200, reading_lr=1e-3, reading_media_drop=1.0,
+                   reading_samples=1)
 SIZES = {
-    ("text", False): dict(n_heldout=300, ppo_episodes=48),
+    ("text", False): dict(n_heldout=300, ppo_episodes=48, **TEXT_POLICY),
     ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, n_validation=4, sft_steps=2, feedback_steps=2,
                          dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6,
-                         critique_tokens=8, gen_batch_size=8),
+                         critique_tokens=8, gen_batch_size=8, refine_share=0.0, reading_steps=2, reading_samples=1,
+                         reading_media_drop=0.5),
     ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=()),
     ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
                           dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
@@ -197,24 +213,38 @@ def validation_split(subtask: str, sizes: Sizes, root=".cache/mini") -> tuple:
 
 
 def dpo_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
-    """The DPO learning rate of every DPO arm, chosen on the validation split: DPO of the initial policy on the
-    validation rows' binary pairs at each rate of `sizes.dpo_lr_grid`, scored on the validation prompts; the best
-    mean score wins (the held-out prompts are never looked at). Returns the sweep and the choice (None when the
-    grid is empty or at profile paper, where the presets decide)."""
+    """The DPO learning rates, chosen on the validation split, never on held-out prompts: DPO of the initial policy
+    at each rate of `sizes.dpo_lr_grid` on the validation rows' binary pairs (-> `dpo_lr`: DPO, DPO shuffled) and
+    on pairs synthesized from them with the oracle critic (-> `dpo_llf_lr`: every arm on synthesized pairs), each
+    scored on the validation prompts; the best mean score wins. Returns the sweeps and the choices (the sizes' own
+    when the grid is empty, and at profile paper, where the presets decide)."""
     if profile != "tiny" or not sizes.dpo_lr_grid:
-        return {"chosen": sizes.dpo_lr, "sweep": []}
+        return {"dpo_lr": sizes.dpo_lr, "dpo_llf_lr": sizes.dpo_llf_lr, "sweep": []}
     policy, _ = initial_checkpoint(subtask, profile)
     rows, val = validation_split(subtask, sizes)
-    pairs = data.to_preference(rows)
+    out = Path(out_dir)
+    binary = data.to_preference(rows)
+    synth = synthesize(policy, oracle_for_rows(rows), rows, out / "synthesis_oracle", len(binary), sizes,
+                       VALIDATION_SEED)
     sweep = []
-    for lr in sizes.dpo_lr_grid:
-        trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr})
-        model = dpo(subtask, policy, pairs, Path(out_dir) / f"lr-{lr:g}", trial, VALIDATION_SEED, profile)
-        sweep.append({"lr": lr, "steps": sizes.dpo_steps, "validation_score": evaluate(model, val, trial)["score"]})
-    initial = evaluate(policy, val, sizes)["score"]
-    best = max(sweep, key=lambda r: r["validation_score"])
-    return {"chosen": best["lr"], "sweep": sweep, "validation_initial": initial, "pairs": len(pairs),
-            "prompts": len(val.metas)}
+    for pairs_name, pairs in (("binary", binary), ("synthesized", synth)):
+        for lr in sizes.dpo_lr_grid if pairs is not None else ():
+            trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr})
+            model = dpo(subtask, policy, pairs, out / f"{pairs_name}-lr-{lr:g}", trial, VALIDATION_SEED, profile)
+            sweep.append({"pairs": pairs_name, "lr": lr, "steps": sizes.dpo_steps, "n_pairs": len(pairs),
+                          "validation_score": evaluate(model, val, trial)["score"]})
+
+    def best(name):
+        rows_ = [r for r in sweep if r["pairs"] == name]
+        return max(rows_, key=lambda r: r["validation_score"])["lr"] if rows_ else sizes.dpo_lr
+
+    return {"dpo_lr": best("binary"), "dpo_llf_lr": best("synthesized"), "sweep": sweep,
+            "validation_initial": evaluate(policy, val, sizes)["score"], "prompts": len(val.metas)}
+
+
+def llf_dpo_sizes(sizes: Sizes) -> Sizes:
+    """The sizes of DPO on synthesized pairs: `dpo_llf_lr` as DPO's learning rate (when set)."""
+    return Sizes(**{**sizes_dict(sizes), "dpo_lr": sizes.dpo_llf_lr or sizes.dpo_lr})
 
 
 def cell_inputs(profile: str, params: dict | None) -> Inputs:
@@ -572,15 +602,15 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
     feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
     if synth is not None:
-        trained["dpo_llf"] = dpo(subtask, policy, synth, out / "dpo_llf", sizes, seed, profile)
+        trained["dpo_llf"] = dpo(subtask, policy, synth, out / "dpo_llf", llf_dpo_sizes(sizes), seed, profile)
         methods["dpo_llf"] = evaluate(trained["dpo_llf"], held, sizes)
     probes = {}
     if isinstance(held, HeldOut):  # the controls and probes need the mini world's truth (profile tiny)
         oracle = oracle_for_rows(align)
         oracle_synth = synthesize(policy, oracle, align, out / "synthesis_oracle", len(pairs), sizes, seed)
         if oracle_synth is not None:
-            trained["dpo_oracle_llf"] = dpo(subtask, policy, oracle_synth, out / "dpo_oracle_llf", sizes, seed,
-                                            profile)
+            trained["dpo_oracle_llf"] = dpo(subtask, policy, oracle_synth, out / "dpo_oracle_llf",
+                                            llf_dpo_sizes(sizes), seed, profile)
             methods["dpo_oracle_llf"] = evaluate(trained["dpo_oracle_llf"], held, sizes)
         trained["dpo_shuffled"] = dpo(subtask, policy, shuffled_pairs(pairs, seed), out / "dpo_shuffled", sizes,
                                       seed, profile)
@@ -623,7 +653,8 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     out = Path(out_dir)
     policy, _ = initial_checkpoint(subtask, profile)
     _, main = run_results("llf_main", seed, subtask, profile=profile)
-    sizes = Sizes(**{**sizes_dict(sizes), "dpo_lr": main["sizes"].get("dpo_lr")})  # llf_main's validated choice
+    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k) for k in ("dpo_lr", "dpo_llf_lr")}})
+    llf_sizes = llf_dpo_sizes(sizes)  # llf_main's choices on the validation split
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]
     initial = main["methods"]["initial"]["score"]
@@ -631,7 +662,7 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     for f in fractions:
         fb = train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed, fraction=f, profile=profile)
         synth = synthesize(policy, fb, align, out / f"synthesis_{f}", n_pairs, sizes, seed)
-        score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", sizes, seed,
+        score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", llf_sizes, seed,
                                                         profile), held, sizes)["score"]
         rows.append({"feedback": f"{round(100 * f)}%", "fraction": f, "score": score,
                      "pairs": 0 if synth is None else len(synth)})

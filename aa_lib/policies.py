@@ -95,11 +95,38 @@ def refine_examples(ds, n: int | None = None, seed: int = 0):
     return out
 
 
+# The faults of the text policies' SFT targets: the world's reference answer (right values, so perception is learnt
+# from the truth) rewritten with the style faults a preference can teach (`mini.respondents`: a broken word-count
+# rule, filler or restated answers, a missing detail, compliance with an unsafe request), never a wrong value. The
+# paper's initial policies are chat models with such faults; without them a tiny policy's only errors are perception
+# errors, which a few hundred preference pairs do not teach (../shared/spec/MINI_WORLD_FACTS.md). On 400 rows these
+# targets score ~90 % of the rubric maximum (the clean reference: 100 %).
+INITIAL_POLICY_FAULTS = {"ignore_format": 0.2, "redundant": 0.3, "missing_detail": 0.3, "unsafe": 0.5}
+
+
+def initial_policy_examples(ds, seed: int = 0):
+    """Plain SFT examples of mini rows: prompt -> the reference answer with `INITIAL_POLICY_FAULTS` (seeded per
+    row)."""
+    from aa_lib.mini.respondents import Respondent, respond_text, sample_faults
+
+    who = Respondent("initial-policy", INITIAL_POLICY_FAULTS)
+    metas = list(ds["mini_meta"])
+
+    def fn(completion, idx):
+        item = json.loads(metas[idx])
+        rng = np.random.default_rng([seed, 41, idx])
+        text = respond_text(item, sample_faults(who, item, rng), rng, mini.make_config(**item.get("world", {})))
+        return {"completion": [_set_text(completion[0], text)]}
+
+    return data.to_sft(ds).map(fn, input_columns=["completion"], with_indices=True, load_from_cache_file=False)
+
+
 def policy_sft_examples(ds, refine_share: float, seed: int = 0):
-    """The text policy's SFT mix: plain examples of every row plus `refine_share` x as many refinement examples."""
+    """The text policy's SFT mix: plain examples of every row (`initial_policy_examples`) plus `refine_share` x as
+    many refinement examples."""
     import datasets
 
-    plain = data.to_sft(ds)
+    plain = initial_policy_examples(ds, seed)
     n_ref = int(round(refine_share * len(plain)))
     if n_ref == 0:
         return plain
@@ -185,12 +212,13 @@ class TextPolicy:
 
         from aa_lib.train.sft import SFTConfig, train_sft
 
-        plain_ex = data.to_sft(rows)
+        plain_ex = initial_policy_examples(rows, seed)
         reading = datasets.Dataset.from_list(reading_examples(self.load(plain), rows, sizes, seed),
                                              features=plain_ex.features)
         mix = datasets.concatenate_datasets([plain_ex, reading]).shuffle(seed=seed).flatten_indices()
         cfg = SFTConfig(output_dir=str(out_dir), max_steps=sizes.reading_steps, learning_rate=sizes.reading_lr,
-                        per_device_train_batch_size=sizes.batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+                        per_device_train_batch_size=sizes.reading_batch_size or sizes.batch_size,
+                        lr_scheduler_type="cosine", warmup_steps=0.05,
                         max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet())
         return train_sft(cfg, plain, mix)
 
