@@ -25,17 +25,22 @@ def cell(request, tmp_path_factory):
             "align": align, "held": E.heldout(subtask, sizes, root=root)}
 
 
-def test_shuffled_pairs_swap_about_half_and_keep_the_prompts():
-    ds = mini.dataset("ti2t", 64, seed=3, root=".cache/mini")
+@pytest.mark.parametrize("subtask", ["ti2t", "t2i"])
+def test_shuffled_pairs_swap_about_half_and_keep_the_prompts(subtask):
+    ds = mini.dataset(subtask, 64, seed=3, root=".cache/mini")
     pairs = data.to_preference(ds)
     shuffled = E.shuffled_pairs(pairs, seed=0)
-    swapped = [a["chosen"] == b["rejected"] and a["rejected"] == b["chosen"] for a, b in zip(pairs, shuffled)]
-    kept = [a["chosen"] == b["chosen"] for a, b in zip(pairs, shuffled)]
+    def side(row, name):  # an image response is its image (its messages are the same image turn on both sides)
+        return row[name], [np.asarray(im).tolist() for im in row.get(f"{name}_images") or []]
+
+    swapped = [side(a, "chosen") == side(b, "rejected") and side(a, "rejected") == side(b, "chosen")
+               and side(a, "chosen") != side(a, "rejected") for a, b in zip(pairs, shuffled)]
+    kept = [side(a, "chosen") == side(b, "chosen") for a, b in zip(pairs, shuffled)]
     assert all(s or k for s, k in zip(swapped, kept))
     assert 16 <= sum(swapped) <= 48
     assert [a["prompt"] for a in pairs] == [b["prompt"] for b in shuffled]
     again = E.shuffled_pairs(pairs, seed=0)
-    assert [r["chosen"] for r in again] == [r["chosen"] for r in shuffled]  # seeded
+    assert [side(r, "chosen") for r in again] == [side(r, "chosen") for r in shuffled]  # seeded
     oracle = E.oracle_for_rows(ds)
     # The rows' labels mostly agree with the rubric; shuffling them brings agreement towards disagreement.
     real, fake = E.pair_agreement(pairs, oracle), E.pair_agreement(shuffled, oracle)
