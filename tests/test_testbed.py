@@ -140,3 +140,15 @@ def test_reading_examples_target_the_fix_and_drop_media(tmp_path):
     assert all(len(e["images"]) == 1 for e in keep)
     stripped = without_media(keep[0])
     assert "images" not in stripped and stripped["prompt"][0]["content"][-1]["type"] == "text"
+
+
+def test_settings_ran_say_what_the_experiments_override():
+    base = E.sizes_dict(E.experiment_sizes(False, subtask="ti2t"))
+    sizes = E.Sizes(**{**base, "dpo_lr": 5e-5, "dpo_llf_lr": 2e-4})
+    rows = {(r["stage"], r["hyperparameter"]): r["value"] for r in figures.settings_ran("ti2t", sizes)}
+    assert rows["dpo", "learning_rate"] == 5e-5 and rows["dpo", "learning_rate_synthesized_pairs"] == 2e-4
+    assert rows["policy SFT stage 2 (reading)", "steps"] == sizes.reading_steps
+    assert rows["ppo", "rollouts"] == sizes.ppo_episodes
+    image_sizes = E.experiment_sizes(False, subtask="t2i")
+    image = {(r["stage"], r["hyperparameter"]) for r in figures.settings_ran("t2i", image_sizes)}
+    assert ("policy SFT stage 2 (reading)", "steps") not in image
