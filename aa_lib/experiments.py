@@ -486,7 +486,6 @@ def refinement_probe(policy, held: HeldOut, sizes: Sizes, seed: int, feedback=No
     names, beside how often the policy's greedy answer already says them."""
     fam = policy_for(held.subtask)
     pol = fam.load(policy)
-    top = max_overall(held.subtask)
     greedy = fam.respond(pol, held.subtask, held.examples, sizes, seed)
     ys = fam.sample(pol, held.subtask, held.examples, sizes, seed)
     s_y, s_greedy = held.score(ys)["scores"], held.score(greedy)["scores"]
