@@ -133,7 +133,9 @@ def test_dpo_moves_the_weights_and_results_have_the_text_cells_shape(cell):
     moved = [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)]
     assert any("language_model" in n for n in moved)
     res = E.evaluate(out, held, sizes)
-    assert set(E.summary(res)) == {"score", "perfect", "overall", "max_overall", "dimensions", "n", "examples"}
+    assert set(E.summary(res)) == {"score", "perfect", "overall", "max_overall", "dimensions", "n", "examples",
+                                   "scores"}
+    assert len(res["scores"]) == res["n"] and np.mean(res["scores"]) == pytest.approx(res["score"])
     assert res["n"] == len(held.metas) == len(res["responses"]) and 0 <= res["score"] <= 100
     json.dumps(E.summary(res))
     assert res["score"] == E.evaluate(out, held, sizes)["score"]  # greedy: the same on rerun
