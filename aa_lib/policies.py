@@ -154,14 +154,12 @@ def reading_examples(pair, rows, sizes, seed: int) -> list[dict]:
     imperfect (the fix the critique names) and y itself when it is perfect (the critique says keep it, and a
     right answer learns to stay right). The prompt's media are dropped on a `reading_media_drop` share of them: the
     media already predict the target, so without the drop the critique gets no gradient."""
-    from aa_lib.experiments import max_overall
-
     name = rows.info.config_name
     conv = data.to_sft(rows)
     metas = list(rows["mini_meta"])
     prompts = [{c: v for c, v in conv[i].items() if c != "completion"} for i in range(len(conv))]
     keys = [llf.example_key(p) for p in prompts]
-    top = max_overall(name)
+    typed = not isinstance(conv[0]["completion"][0]["content"], str)
     rng = np.random.default_rng([seed, 23])
     out = []
     for r in range(sizes.reading_samples):
@@ -169,12 +167,12 @@ def reading_examples(pair, rows, sizes, seed: int) -> list[dict]:
                           batch_size=sizes.gen_batch_size, seed=seed, keys=[f"{k}:read{r}" for k in keys])
         for p, meta, y in zip(prompts, metas, ys):
             verdict = mini.rubric_score(meta, y, name)
-            target = y if verdict["overall"] == top else json.loads(meta)["reference"]
+            perfect = all(v == 3 for v in verdict["scores"].values())
+            target = y if perfect else json.loads(meta)["reference"]
             ex = llf.refine_example(p, y, verdict["critique"])
             if rng.random() < sizes.reading_media_drop:
                 ex = without_media(ex)
-            last = conv[0]["completion"][0]
-            text = target if isinstance(last["content"], str) else [{"type": "text", "text": target}]
+            text = [{"type": "text", "text": target}] if typed else target
             out.append({**{c: [] for c in llf.MEDIA_COLUMNS if c in p}, **ex,
                         "completion": [{"role": "assistant", "content": text}]})
     return out

@@ -258,3 +258,38 @@ def table_with_reported(profile: str = "tiny") -> pd.DataFrame:
         code = get_subtask(s).code
         cols += [code, f"{code} (paper)"]
     return merged[cols].map(_text)
+
+
+def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
+    """The trainer settings an LLF cell of `subtask` ran with `sizes` (`experiments.Sizes`, e.g. an llf_main run's
+    recorded sizes): rows
+    {stage, hyperparameter, value}, the experiments' overrides where they set one, else the preset's (Tables 5-8
+    render the presets; this says what the experiments changed)."""
+    from aa_lib.subtasks import get_subtask
+
+    text = get_subtask(subtask).text_output
+    rows = []
+
+    def add(stage, **kv):
+        rows.extend({"stage": stage, "hyperparameter": k, "value": v} for k, v in kv.items() if v is not None)
+
+    if profile == "tiny":
+        add("policy SFT", steps=sizes.sft_steps, learning_rate=sizes.sft_lr, batch=sizes.batch_size,
+            refinement_share=sizes.refine_share)
+        if text and sizes.reading_steps:
+            add("policy SFT stage 2 (reading)", steps=sizes.reading_steps, learning_rate=sizes.reading_lr,
+                batch=sizes.reading_batch_size or sizes.batch_size, media_dropped=sizes.reading_media_drop)
+    for stage, steps in (("feedback_model", sizes.feedback_steps), ("dpo", sizes.dpo_steps),
+                         ("reward_model", sizes.reward_steps)):
+        p = get_preset(stage, subtask, profile)
+        lr = {"feedback_model": sizes.feedback_lr, "dpo": sizes.dpo_lr}.get(stage) or p.learning_rate
+        add(stage, steps=steps if steps is not None else f"{p.epochs} epochs", learning_rate=lr,
+            batch=sizes.batch_size or p.per_device_batch_size, beta=p.beta)
+        if stage == "dpo":
+            add(stage, learning_rate_synthesized_pairs=sizes.dpo_llf_lr or lr)
+    p = get_preset("ppo", subtask, profile)
+    add("ppo", rollouts=sizes.ppo_episodes if sizes.ppo_episodes is not None else f"{p.epochs} epochs",
+        learning_rate=p.learning_rate,
+        batch=(min(8, sizes.batch_size) if sizes.batch_size else p.per_device_batch_size) if text else
+        f"{sizes.ppo_prompts} prompts x {sizes.ppo_samples} images")
+    return rows

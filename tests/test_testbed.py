@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from aa_lib import data, experiments as E, figures, mini
+from aa_lib import data, experiments as E, figures, mini, presets
 from aa_lib.policies import policy_for, reading_examples, without_media
 
 
@@ -145,10 +145,10 @@ def test_reading_examples_target_the_fix_and_drop_media(tmp_path):
 def test_settings_ran_say_what_the_experiments_override():
     base = E.sizes_dict(E.experiment_sizes(False, subtask="ti2t"))
     sizes = E.Sizes(**{**base, "dpo_lr": 5e-5, "dpo_llf_lr": 2e-4})
-    rows = {(r["stage"], r["hyperparameter"]): r["value"] for r in figures.settings_ran("ti2t", sizes)}
+    rows = {(r["stage"], r["hyperparameter"]): r["value"] for r in presets.settings_ran("ti2t", sizes)}
     assert rows["dpo", "learning_rate"] == 5e-5 and rows["dpo", "learning_rate_synthesized_pairs"] == 2e-4
     assert rows["policy SFT stage 2 (reading)", "steps"] == sizes.reading_steps
     assert rows["ppo", "rollouts"] == sizes.ppo_episodes
     image_sizes = E.experiment_sizes(False, subtask="t2i")
-    image = {(r["stage"], r["hyperparameter"]) for r in figures.settings_ran("t2i", image_sizes)}
+    image = {(r["stage"], r["hyperparameter"]) for r in presets.settings_ran("t2i", image_sizes)}
     assert ("policy SFT stage 2 (reading)", "steps") not in image
