@@ -179,6 +179,17 @@ class HeldOut:
 
     judge_name = "mini.judge_pair (ties half)"
 
+    @classmethod
+    def of_rows(cls, rows) -> "HeldOut":
+        """Mini rows as prompts to score: one generation prompt per row, in row order (to_prompts would
+        deduplicate), with the rows' hidden truth."""
+        name = get_subtask(rows.info.config_name).name
+        fam = policy_for(name)
+        conv = data.to_sft(rows)
+        if len(conv) != len(rows):
+            raise RuntimeError(f"{name}: {len(rows) - len(conv)} rows lost converting to prompts")
+        return cls(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(rows["mini_meta"]))
+
     def judge_pair(self, i: int, a, b):
         return mini.judge_pair(self.metas[i], a, b, self.subtask)
 
@@ -189,12 +200,7 @@ def heldout(subtask: str, sizes: Sizes, root=".cache/mini", inputs: Inputs | Non
     if inputs is not None and inputs.benchmarks:
         return BenchmarkHeldOut(get_subtask(subtask).name, inputs, cache_dir or judge_cache(), sizes.n_heldout)
     name = get_subtask(subtask).name
-    fam = policy_for(name)
-    ds = mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root)
-    conv = data.to_sft(ds)  # one prompt example per row, in row order (to_prompts would deduplicate)
-    if len(conv) != len(ds):
-        raise RuntimeError(f"held-out {name}: {len(ds) - len(conv)} rows lost converting to prompts")
-    return HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(ds["mini_meta"]))
+    return HeldOut.of_rows(mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root))
 
 
 VALIDATION_SEED = 1000  # the mini train rows of the validation split (alignment seeds are 0, 1, 2)
@@ -205,11 +211,7 @@ def validation_split(subtask: str, sizes: Sizes, root=".cache/mini") -> tuple:
     `VALIDATION_SEED`, disjoint from every seed's rows and from the held-out stream."""
     name = get_subtask(subtask).name
     ds = mini.dataset(name, sizes.n_align + sizes.n_validation, seed=VALIDATION_SEED, root=root)
-    rows = ds.select(range(sizes.n_align, len(ds)))
-    fam = policy_for(name)
-    conv = data.to_sft(rows)
-    return ds.select(range(sizes.n_align)), HeldOut(name, [fam.prompt_example(conv[i]) for i in range(len(conv))],
-                                                    list(rows["mini_meta"]))
+    return ds.select(range(sizes.n_align)), HeldOut.of_rows(ds.select(range(sizes.n_align, len(ds))))
 
 
 def dpo_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
@@ -442,10 +444,8 @@ class Critic:
 
 def oracle_for_rows(rows) -> Critic:
     """The oracle critic of mini rows' prompts (keyed as the families key their generation prompts)."""
-    name = rows.info.config_name
-    fam = policy_for(name)
-    conv = data.to_sft(rows)
-    return Critic.oracle(name, [fam.prompt_example(conv[i]) for i in range(len(conv))], list(rows["mini_meta"]))
+    held = HeldOut.of_rows(rows)
+    return Critic.oracle(held.subtask, held.examples, held.metas)
 
 
 def shuffled_pairs(pairs, seed: int):
