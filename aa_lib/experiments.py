@@ -10,7 +10,9 @@ One (subtask, seed) cell:
 2. `evaluate`: greedy responses to held-out prompts scored by the mini rubric judge: mean score in % of the
    maximum overall score, the share of perfect responses (every dimension 3/3), per-dimension means.
 3. `dpo_binary` / `feedback_model` + `synthesize` + `dpo_llf` / `ppo_binary` / `ppo_llf`: the methods of Table 2 on
-   the alignment rows (other rows than the SFT rows), synthesized sets the same size as the binary set.
+   the alignment rows (other rows than the SFT rows), synthesized sets the same size as the binary set. At profile
+   tiny the feedback model is the subtask's shared critic (`train_critic`, trained in the policy run on thousands of
+   fresh rows' critiques); at profile paper each seed trains one on its rows' critiques.
 4. `ablation`: Table 3's win rate of self-improved over initial responses, with a feedback model or the policy
    as its own critic, judged by `mini.judge_pair` (ties count half).
 5. `respondent_scores`: the mini world's simulated respondents scored on the same held-out prompts (Fig. 11).
@@ -70,18 +72,30 @@ class Sizes:
     reading_lr: float = field(default=5e-4, metadata={"help": "Peak learning rate of stage 2 (cosine)."})
     reading_batch_size: int | None = field(default=None, metadata={"help": "Stage 2's batch (None: batch_size)."})
     feedback_steps: int = field(default=20, metadata={"help": "Optimizer steps of a feedback model."})
+    critic_rows: int = field(default=0, metadata={
+        "help": "Fresh mini train rows (seed `CRITIC_SEED`) of the subtask's shared critic, trained once in the policy "
+                "run and used by every seed (`train_critic`); 0: a feedback model per seed on its alignment rows."})
+    critic_steps: int = field(default=600, metadata={"help": "Optimizer steps of the shared critic."})
+    critic_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the shared critic."})
+    n_probe_prompts: int | None = field(default=None, metadata={
+        "help": "The first held-out prompts of the self-improvement cells: Table 3, Fig. 5's DPO scores and the "
+                "refinement probe (None: all `n_heldout`)."})
     feedback_lr: float = field(default=1e-3, metadata={"help": "Learning rate of a feedback model."})
     dpo_steps: int = field(default=8, metadata={"help": "Optimizer steps of DPO (binary and LLF)."})
     dpo_lr: float | None = field(default=None, metadata={
-        "help": "Learning rate of DPO (None: the preset's, or the one `dpo_selection` chose on the validation split)."})
+        "help": "Learning rate of DPO (None: the preset's, or the one `lr_selection` chose on the validation split)."})
     dpo_llf_lr: float | None = field(default=None, metadata={
         "help": "Learning rate of DPO on synthesized pairs (None: `dpo_lr`)."})
     dpo_lr_grid: tuple = field(default=(5e-5, 2e-4), metadata={
-        "help": "DPO learning rates `dpo_selection` tries on the validation split (empty: no selection)."})
+        "help": "DPO learning rates `lr_selection` tries on the validation split (empty: no selection)."})
     n_validation: int = field(default=200, metadata={
-        "help": "Validation prompts of `dpo_selection` (mini train rows of `VALIDATION_SEED`, never held-out)."})
+        "help": "Validation prompts of `lr_selection` (mini train rows of `VALIDATION_SEED`, never held-out)."})
     reward_steps: int = field(default=8, metadata={"help": "Optimizer steps of a reward model."})
     ppo_episodes: int = field(default=16, metadata={"help": "PPO rollouts (prompts) in total."})
+    ppo_lr: float | None = field(default=None, metadata={
+        "help": "Learning rate of PPO's policy (None: the preset's, or the one `lr_selection` chose)."})
+    ppo_lr_grid: tuple = field(default=(), metadata={
+        "help": "PPO learning rates `lr_selection` tries on the validation split (empty: no selection)."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy; ti2ti: its text) in tokens."})
     critique_tokens: int = field(default=40, metadata={"help": "Longest critique (feedback model) in tokens."})
@@ -115,28 +129,40 @@ class Sizes:
 # oracle +18 (60 %), generic +1.9. Then DPO (8 steps) on 64 pairs synthesized with the oracle critique moved the
 # greedy answer by +3.3 / +5.4 points at lr 5e-5 / 2e-4 (ti2t), +0.3 / +2.6 (tv2t); on the binary pairs +0.2 / +2.2
 # and +0.5 / +1.7 (one seed, 300 held-out prompts). The learning rate the experiments use is chosen on the
-# validation split (`dpo_selection`).
+# validation split (`lr_selection`), as PPO's (3 rates; the reward model is trained on the validation rows' pairs).
+# The shared critic (`train_critic`, text): 600 steps (lr 1e-3, batch 16) on 2,000 rows' (x, policy sample, rubric
+# critique), critique_tokens 64 (40 cut the oracle's multi-issue critiques). Measured on ti2t (seed 0, 200 held-out
+# prompts, `refinement_probe`): 84.5 % well-formed critiques (the per-seed feedback model of 20 steps on 64 rows: 0 %),
+# 94.5 % agreement with the rubric on whether there is an issue, the right value named 15.2 % of the time (the
+# policy's greedy answer says it 11.1 %), y* +5.4 points over the greedy answer (generic critique +3.8, oracle +16.0);
+# 1,000 rows / 300 steps: 83.0 %, 94.5 %, 11.7 %, +4.0. Image critics learn from the rows' annotated critiques (400
+# rows, 100 steps). The self-improvement cells (Table 3, Fig. 5, the refinement probe) score the first 100 of the 300
+# held-out prompts (`n_probe_prompts`): they run the policy three times per prompt and critic.
 # Statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds); image policies
 # 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate (no
 # validation sweep: more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates at
 # batch 8) instead of 16 (2, the first at warm-up lr 0).
 TEXT_POLICY = dict(refine_share=0.0, sft_steps=300, reading_steps=1200, reading_lr=1e-3, reading_media_drop=1.0,
-                   reading_samples=1)
+                   reading_samples=1, critic_rows=2000, critic_steps=600, critique_tokens=64, n_probe_prompts=100,
+                   ppo_lr_grid=(1e-4, 3e-4, 1e-3))
 SIZES = {
     ("text", False): dict(n_heldout=300, ppo_episodes=48, **TEXT_POLICY),
     ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, n_validation=4, sft_steps=2, feedback_steps=2,
                          dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6,
                          critique_tokens=8, gen_batch_size=8, refine_share=0.0, reading_steps=2, reading_samples=1,
-                         reading_media_drop=0.5),
-    ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=()),
+                         reading_media_drop=0.5, critic_rows=8, critic_steps=2, ppo_lr_grid=(1e-4, 1e-3)),
+    ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=(),
+                           critic_rows=400, critic_steps=100),
     ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
                           dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
-                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke", dpo_lr_grid=()),
+                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke", dpo_lr_grid=(), critic_rows=4,
+                          critic_steps=2),
 }
 # Profile paper: the checkpoint is aligned as it is (no SFT), on every row of the user's data, scored on every item
 # of the benchmarks; None leaves a trainer's steps, batch, learning rate and length to Tables 5-8
 # (`presets.make_config`). The responses' lengths are the paper's generation budgets.
 PAPER_SIZES = dict(n_sft=0, n_align=None, n_heldout=None, feedback_steps=None, feedback_lr=None, dpo_steps=None,
+                   critic_rows=0, n_probe_prompts=None,
                    dpo_lr_grid=(),
                    reward_steps=None, ppo_episodes=None, batch_size=None, max_length=None, max_new_tokens=512,
                    critique_tokens=512, gen_batch_size=8)
@@ -214,14 +240,16 @@ def validation_split(subtask: str, sizes: Sizes, root=".cache/mini") -> tuple:
     return ds.select(range(sizes.n_align)), HeldOut.of_rows(ds.select(range(sizes.n_align, len(ds))))
 
 
-def dpo_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
-    """The DPO learning rates, chosen on the validation split, never on held-out prompts: DPO of the initial policy
-    at each rate of `sizes.dpo_lr_grid` on the validation rows' binary pairs (-> `dpo_lr`: DPO, DPO shuffled) and
-    on pairs synthesized from them with the oracle critic (-> `dpo_llf_lr`: every arm on synthesized pairs), each
-    scored on the validation prompts; the best mean score wins. Returns the sweeps and the choices (the sizes' own
-    when the grid is empty, and at profile paper, where the presets decide)."""
-    if profile != "tiny" or not sizes.dpo_lr_grid:
-        return {"dpo_lr": sizes.dpo_lr, "dpo_llf_lr": sizes.dpo_llf_lr, "sweep": []}
+def lr_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
+    """The DPO and PPO learning rates, chosen on the validation split, never on held-out prompts: DPO of the initial
+    policy at each rate of `sizes.dpo_lr_grid` on the validation rows' binary pairs (-> `dpo_lr`: DPO, DPO shuffled)
+    and on pairs synthesized from them with the oracle critic (-> `dpo_llf_lr`: every arm on synthesized pairs); PPO
+    at each rate of `sizes.ppo_lr_grid` with a reward model on the validation rows' pairs (-> `ppo_lr`: PPO and
+    PPO+LLF); each scored on the validation prompts, the best mean score wins. Returns the sweeps and the choices
+    (the sizes' own when a grid is empty, and at profile paper, where the presets decide)."""
+    own = {"dpo_lr": sizes.dpo_lr, "dpo_llf_lr": sizes.dpo_llf_lr, "ppo_lr": sizes.ppo_lr}
+    if profile != "tiny" or not (sizes.dpo_lr_grid or sizes.ppo_lr_grid):
+        return {**own, "sweep": []}
     policy, _ = initial_checkpoint(subtask, profile)
     rows, val = validation_split(subtask, sizes)
     out = Path(out_dir)
@@ -233,15 +261,27 @@ def dpo_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") ->
         for lr in sizes.dpo_lr_grid if pairs is not None else ():
             trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr})
             model = dpo(subtask, policy, pairs, out / f"{pairs_name}-lr-{lr:g}", trial, VALIDATION_SEED, profile)
-            sweep.append({"pairs": pairs_name, "lr": lr, "steps": sizes.dpo_steps, "n_pairs": len(pairs),
-                          "validation_score": evaluate(model, val, trial)["score"]})
+            sweep.append({"method": "dpo", "pairs": pairs_name, "lr": lr, "steps": sizes.dpo_steps,
+                          "n_pairs": len(pairs), "validation_score": evaluate(model, val, trial)["score"]})
+    for lr in sizes.ppo_lr_grid:
+        trial = Sizes(**{**sizes_dict(sizes), "ppo_lr": lr})
+        model, _ = ppo(subtask, policy, data.to_reward_pairs(rows), data.to_prompts(rows), out / f"ppo-lr-{lr:g}",
+                       trial, VALIDATION_SEED, profile)
+        sweep.append({"method": "ppo", "pairs": "binary", "lr": lr, "rollouts": sizes.ppo_episodes,
+                      "validation_score": evaluate(model, val, trial)["score"]})
 
-    def best(name):
-        rows_ = [r for r in sweep if r["pairs"] == name]
-        return max(rows_, key=lambda r: r["validation_score"])["lr"] if rows_ else sizes.dpo_lr
+    def best(method, pairs, default):
+        rows_ = [r for r in sweep if r["method"] == method and r["pairs"] == pairs]
+        return max(rows_, key=lambda r: r["validation_score"])["lr"] if rows_ else default
 
-    return {"dpo_lr": best("binary"), "dpo_llf_lr": best("synthesized"), "sweep": sweep,
+    return {"dpo_lr": best("dpo", "binary", sizes.dpo_lr), "dpo_llf_lr": best("dpo", "synthesized", sizes.dpo_llf_lr),
+            "ppo_lr": best("ppo", "binary", sizes.ppo_lr), "sweep": sweep,
             "validation_initial": evaluate(policy, val, sizes)["score"], "prompts": len(val.metas)}
+
+
+def with_selection(sizes: Sizes, selection: dict) -> Sizes:
+    """`sizes` with the learning rates `lr_selection` chose."""
+    return Sizes(**{**sizes_dict(sizes), **{k: selection[k] for k in ("dpo_lr", "dpo_llf_lr", "ppo_lr")}})
 
 
 def llf_dpo_sizes(sizes: Sizes) -> Sizes:
@@ -288,7 +328,69 @@ def train_policy(subtask: str, out_dir, seed: int, sizes: Sizes, root=".cache/mi
         out["plain"], out["policy"] = str(policy), str(fam.train_reading(policy, sft_rows, out_dir / "policy", sizes,
                                                                           seed))
         out["seconds_reading"] = round(time.time() - t2, 1)
+    if sizes.critic_rows:
+        t3 = time.time()
+        out["critic"] = str(train_critic(subtask, out["policy"], out_dir / CRITIC, sizes, seed, root))
+        out["seconds_critic"] = round(time.time() - t3, 1)
     return {**out, "seconds": round(time.time() - t0, 1)}
+
+
+# ---------------------------------------------------------------------------------------------------- shared critic
+CRITIC = "critic"  # the policy run's folder of the shared critic: examples/ (its training set) and model/
+CRITIC_SEED = 2000  # the mini train rows of the shared critic (alignment seeds 0-2, validation 1000)
+
+
+def critic_sizes(sizes: Sizes) -> Sizes:
+    """A feedback model's sizes with the shared critic's steps and learning rate."""
+    return Sizes(**{**sizes_dict(sizes), "feedback_steps": sizes.critic_steps, "feedback_lr": sizes.critic_lr})
+
+
+def train_critic(subtask: str, policy, out_dir, sizes: Sizes, seed: int, root=".cache/mini") -> Path:
+    """The subtask's shared critic (feedback model), trained once beside the initial policy and used by every seed,
+    as the paper's feedback model is trained once on far more feedback than one alignment run holds: SFT of the
+    policy on `critic_rows` fresh mini rows' (x, y, c) (`critic_examples` of the policy family; text: the policy's
+    own samples with the rubric's critiques), saved under `out_dir/examples` for Fig. 5's fraction critics."""
+    fam = policy_for(subtask)
+    out = Path(out_dir)
+    rows = mini.dataset(get_subtask(subtask).name, sizes.critic_rows, seed=CRITIC_SEED, root=root)
+    examples = fam.critic_examples(fam.load(policy), rows, sizes, seed)
+    examples.save_to_disk(str(out / "examples"))
+    return train_feedback(subtask, policy, examples, out / "model", critic_sizes(sizes), seed)
+
+
+def shared_critic(subtask: str, profile: str = "tiny") -> Path | None:
+    """The shared critic of the subtask's policy run (`train_critic`), or None (none trained: a feedback model per
+    seed, as at profile paper)."""
+    pdir, _ = policy_run(subtask, profile=profile)
+    model = pdir / CRITIC / "model"
+    return model if model.exists() else None
+
+
+def fraction_critics(subtask: str, out_dir, sizes: Sizes, fractions, profile: str = "tiny") -> dict:
+    """Fig. 5's feedback models when the subtask has a shared critic: critics on a fraction of its examples, for the
+    same epochs (`feedback_steps_for`), trained once per subtask like it; {} without a shared critic (each seed then
+    trains its own on a fraction of its alignment rows)."""
+    import datasets
+
+    if shared_critic(subtask, profile) is None:
+        return {}
+    pdir, pol = policy_run(subtask, profile=profile)
+    examples = datasets.load_from_disk(str(pdir / CRITIC / "examples"))
+    return {f: train_feedback(subtask, pdir / "policy", examples, Path(out_dir) / f"critic_{f}", critic_sizes(sizes),
+                              pol["seed"], fraction=f, profile=profile) for f in fractions}
+
+
+def probe_prompts(held, sizes: Sizes):
+    """The first `n_probe_prompts` held-out prompts (the self-improvement cells'), or all of them."""
+    n = sizes.n_probe_prompts
+    if n is None or not isinstance(held, HeldOut) or n >= len(held.metas):
+        return held
+    return HeldOut(held.subtask, held.examples[:n], held.metas[:n])
+
+
+def head_score(result: dict, n: int | None) -> float:
+    """A summary's score over its first `n` prompts (None: its score), from the per-prompt scores."""
+    return result["score"] if n is None or n >= len(result["scores"]) else float(np.mean(result["scores"][:n]))
 
 
 # ---------------------------------------------------------------------------------------------------- judging
@@ -586,6 +688,9 @@ def seed_dir(out_dir, seed: int) -> Path:
     return seed_folder(out_dir, seed)
 
 
+EVALUATION_FIELDS = ("n_heldout", "heldout_seed", "max_new_tokens", "gen_batch_size")  # what `evaluate` depends on
+
+
 def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut, respondents: dict,
                   inputs: Inputs | None = None, profile: str = "tiny") -> dict:
     """Table 2 for one seed: initial, DPO, DPO+LLF, PPO, PPO+LLF from the subtask's initial policy; the synthesized
@@ -594,11 +699,14 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
     policy, pol = initial_checkpoint(subtask, profile)
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     pairs = data.to_preference(align)
-    # The policy run scored this policy on the same held-out prompts (greedy, same sizes): its numbers are reused.
-    methods = {"initial": pol["initial"] if pol.get("sizes") == sizes_dict(sizes) else evaluate(policy, held, sizes)}
+    # The policy run scored this policy on the same held-out prompts (greedy, same lengths and batches): its numbers
+    # are reused.
+    same_eval = all(pol.get("sizes", {}).get(k) == getattr(sizes, k) for k in EVALUATION_FIELDS)
+    methods = {"initial": pol["initial"] if same_eval else evaluate(policy, held, sizes)}
     trained = {"dpo": dpo(subtask, policy, pairs, out / "dpo", sizes, seed, profile)}
     methods["dpo"] = evaluate(trained["dpo"], held, sizes)
-    feedback = train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
+    critic = shared_critic(subtask, profile)
+    feedback = critic or train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
     if synth is not None:
         trained["dpo_llf"] = dpo(subtask, policy, synth, out / "dpo_llf", llf_dpo_sizes(sizes), seed, profile)
@@ -620,7 +728,7 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
                                else {})},
                   "synthesis_oracle": synthesis_report(out / "synthesis_oracle"),
                   "dpo_steps": {k: dpo_log(v) for k, v in trained.items()},
-                  "refinement": refinement_probe(policy, held, sizes, seed, feedback)}
+                  "refinement": refinement_probe(policy, probe_prompts(held, sizes), sizes, seed, feedback)}
     prompts = data.to_prompts(align)
     ppo_path, _ = ppo(subtask, policy, data.to_reward_pairs(align), prompts, out / "ppo", sizes, seed, profile)
     methods["ppo"] = evaluate(ppo_path, held, sizes)
@@ -632,45 +740,54 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
             "methods": {k: summary(v) for k, v in methods.items()}, "respondents": respondents,
             "initial_from_policy_run": methods["initial"] is pol.get("initial"),
             "binary_pairs": len(pairs), "synthesis": synthesis_report(out / "synthesis"),
-            "feedback_model": str(feedback), "probes": probes}
+            "feedback_model": str(feedback), "critic": "shared" if critic else "per seed", "probes": probes}
 
 
 def ablation_seed(subtask: str, seed: int, sizes: Sizes, held: HeldOut, profile: str = "tiny") -> dict:
-    """Table 3 for one seed: self-improvement with the seed's trained feedback model (from its llf_main run) and
-    with the policy as its own critic."""
+    """Table 3 for one seed, on the first `n_probe_prompts` held-out prompts: self-improvement with the trained
+    feedback model (the subtask's shared critic, or the seed's from its llf_main run) and with the policy as its own
+    critic."""
     policy, _ = initial_checkpoint(subtask, profile)
     main_dir, _ = run_results("llf_main", seed, subtask, profile=profile)
+    feedback = shared_critic(subtask, profile) or main_dir / "feedback_model"
+    held = probe_prompts(held, sizes)
     return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "ties": "count half",
-            "with_feedback_model": ablation(policy, main_dir / "feedback_model", held, sizes, seed),
+            "with_feedback_model": ablation(policy, feedback, held, sizes, seed),
             "without_feedback_model": ablation(policy, None, held, sizes, seed)}
 
 
 def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
-                           fractions=(0.25, 0.5, 0.75), inputs: Inputs | None = None, profile: str = "tiny") -> dict:
-    """Fig. 5 for one seed: feedback models on a fraction of the critiques, each synthesizing as many pairs as the
-    binary set, then DPO; BF and 100 % come from the seed's llf_main run. `relative`: score - initial score."""
+                           fractions=(0.25, 0.5, 0.75), inputs: Inputs | None = None, profile: str = "tiny",
+                           critics: dict | None = None) -> dict:
+    """Fig. 5 for one seed: feedback models on a fraction of the critiques (`critics`: the subtask's
+    `fraction_critics`; else the seed's own on a fraction of its alignment rows), each synthesizing as many pairs as
+    the binary set, then DPO, scored on the first `n_probe_prompts` held-out prompts; BF and 100 % come from the
+    seed's llf_main run, on the same prompts. `relative`: score - initial score."""
     out = Path(out_dir)
     policy, _ = initial_checkpoint(subtask, profile)
     _, main = run_results("llf_main", seed, subtask, profile=profile)
-    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k) for k in ("dpo_lr", "dpo_llf_lr")}})
+    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k) for k in ("dpo_lr", "dpo_llf_lr", "ppo_lr")}})
     llf_sizes = llf_dpo_sizes(sizes)  # llf_main's choices on the validation split
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]
-    initial = main["methods"]["initial"]["score"]
-    rows = [{"feedback": "BF", "fraction": None, "score": main["methods"]["dpo"]["score"], "pairs": n_pairs}]
+    held, n = probe_prompts(held, sizes), sizes.n_probe_prompts
+    initial = head_score(main["methods"]["initial"], n)
+    rows = [{"feedback": "BF", "fraction": None, "score": head_score(main["methods"]["dpo"], n), "pairs": n_pairs}]
     for f in fractions:
-        fb = train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed, fraction=f, profile=profile)
+        fb = (critics or {}).get(f) or train_feedback(subtask, policy, align, out / f"feedback_{f}", sizes, seed,
+                                                      fraction=f, profile=profile)
         synth = synthesize(policy, fb, align, out / f"synthesis_{f}", n_pairs, sizes, seed)
         score = None if synth is None else evaluate(dpo(subtask, policy, synth, out / f"dpo_{f}", llf_sizes, seed,
                                                         profile), held, sizes)["score"]
         rows.append({"feedback": f"{round(100 * f)}%", "fraction": f, "score": score,
                      "pairs": 0 if synth is None else len(synth)})
     full = main["methods"].get("dpo_llf")
-    rows.append({"feedback": "100%", "fraction": 1.0, "score": full["score"] if full else None,
+    rows.append({"feedback": "100%", "fraction": 1.0, "score": head_score(full, n) if full else None,
                  "pairs": main["synthesis"]["kept"]})
     for r in rows:
         r["relative"] = None if r["score"] is None else r["score"] - initial
-    return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "initial": initial, "rows": rows}
+    return {"subtask": subtask, "seed": seed, "sizes": sizes_dict(sizes), "initial": initial, "rows": rows,
+            "prompts": len(held.examples), "critic": "shared" if critics else "per seed"}
 
 
 # ---------------------------------------------------------------------------------------------------- runs

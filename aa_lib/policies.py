@@ -145,6 +145,30 @@ def without_media(example: dict) -> dict:
             if k not in llf.MEDIA_COLUMNS}
 
 
+def own_samples(pair, rows, sizes, seed: int, tag: str, n: int = 1):
+    """The policy's own answers to the rows' prompts with the mini rubric's verdicts: (prompt, mini_meta, y, verdict)
+    for `n` answers per row sampled at temperature 1, each seeded by the row's key, `tag` and the sample index
+    (sample 0 of every row first)."""
+    conv = data.to_sft(rows)
+    metas = list(rows["mini_meta"])
+    prompts = [{c: v for c, v in conv[i].items() if c != "completion"} for i in range(len(conv))]
+    keys = [llf.example_key(p) for p in prompts]
+    for r in range(n):
+        ys = llf.generate(*pair, prompts, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
+                          batch_size=sizes.gen_batch_size, seed=seed, keys=[f"{k}:{tag}{r}" for k in keys])
+        for p, meta, y in zip(prompts, metas, ys):
+            yield p, meta, y, mini.rubric_score(meta, y, rows.info.config_name)
+
+
+def assistant_turn(text: str, typed: bool) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}] if typed else text}]
+
+
+def typed_completions(ds) -> bool:
+    """Whether a `data.to_sft` Dataset's completions are typed content parts (multimodal templates) or strings."""
+    return not isinstance(ds[0]["completion"][0]["content"], str)
+
+
 def reading_examples(pair, rows, sizes, seed: int) -> list[dict]:
     """Stage 2 of the text policy's SFT: on-policy refinement examples that teach it to read a critique (the recipe
     of ../shared/spec/MINI_WORLD_FACTS.md, "what it took for feedback to be used").
@@ -154,27 +178,16 @@ def reading_examples(pair, rows, sizes, seed: int) -> list[dict]:
     imperfect (the fix the critique names) and y itself when it is perfect (the critique says keep it, and a
     right answer learns to stay right). The prompt's media are dropped on a `reading_media_drop` share of them: the
     media already predict the target, so without the drop the critique gets no gradient."""
-    name = rows.info.config_name
-    conv = data.to_sft(rows)
-    metas = list(rows["mini_meta"])
-    prompts = [{c: v for c, v in conv[i].items() if c != "completion"} for i in range(len(conv))]
-    keys = [llf.example_key(p) for p in prompts]
-    typed = not isinstance(conv[0]["completion"][0]["content"], str)
+    typed = typed_completions(data.to_sft(rows.select(range(1))))
     rng = np.random.default_rng([seed, 23])
     out = []
-    for r in range(sizes.reading_samples):
-        ys = llf.generate(*pair, prompts, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True),
-                          batch_size=sizes.gen_batch_size, seed=seed, keys=[f"{k}:read{r}" for k in keys])
-        for p, meta, y in zip(prompts, metas, ys):
-            verdict = mini.rubric_score(meta, y, name)
-            perfect = all(v == 3 for v in verdict["scores"].values())
-            target = y if perfect else json.loads(meta)["reference"]
-            ex = llf.refine_example(p, y, verdict["critique"])
-            if rng.random() < sizes.reading_media_drop:
-                ex = without_media(ex)
-            text = [{"type": "text", "text": target}] if typed else target
-            out.append({**{c: [] for c in llf.MEDIA_COLUMNS if c in p}, **ex,
-                        "completion": [{"role": "assistant", "content": text}]})
+    for p, meta, y, verdict in own_samples(pair, rows, sizes, seed, "read", sizes.reading_samples):
+        perfect = all(v == 3 for v in verdict["scores"].values())
+        target = y if perfect else json.loads(meta)["reference"]
+        ex = llf.refine_example(p, y, verdict["critique"])
+        if rng.random() < sizes.reading_media_drop:
+            ex = without_media(ex)
+        out.append({**{c: [] for c in llf.MEDIA_COLUMNS if c in p}, **ex, "completion": assistant_turn(target, typed)})
     return out
 
 
@@ -219,6 +232,18 @@ class TextPolicy:
                         lr_scheduler_type="cosine", warmup_steps=0.05,
                         max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet())
         return train_sft(cfg, plain, mix)
+
+    def critic_examples(self, pair, rows, sizes, seed: int):
+        """The shared critic's (x, y, c) (`experiments.train_critic`): each row's prompt with its media, the policy's
+        own sample y, c = the mini rubric's critique of y (it names every wrong value and its fix)."""
+        import datasets
+
+        conv = data.to_sft(rows)
+        typed = typed_completions(conv)
+        out = [{**{c: [] for c in llf.MEDIA_COLUMNS if c in p}, **llf.critique_example(p, y),
+                "completion": assistant_turn(verdict["critique"], typed)}
+               for p, _, y, verdict in own_samples(pair, rows, sizes, seed, "critic")]
+        return datasets.Dataset.from_list(out, features=conv.features)
 
     def load(self, model_or_path):
         return load_pair(model_or_path)
@@ -309,6 +334,7 @@ class TextPolicy:
         reward_model, _ = load_reward_model(rm_path)
         batch = None if sizes.batch_size is None else min(8, sizes.batch_size)  # None: the preset's (paper)
         pc = make_config("ppo", subtask, out_dir / "policy", profile, total_episodes=sizes.ppo_episodes,
+                         learning_rate=sizes.ppo_lr,
                          per_device_train_batch_size=batch, num_mini_batches=1,
                          response_length=sizes.max_new_tokens, max_length=sizes.max_length, seed=seed, data_seed=seed,
                          **quiet())
@@ -596,6 +622,11 @@ class ImagePolicy:
         raise ValueError("reading_steps > 0: the image policies learn to act on a critique in their one SFT stage "
                          "(refinement examples with canonical targets, `policy_sft_rows`); set reading_steps=0")
 
+    def critic_examples(self, pair, rows, sizes, seed: int):
+        """The shared critic's (x, y, c): the rows' own responses (the mini world's drawings) and their annotated
+        critiques. Not the policy's samples: thousands of sampled images do not fit `make figures`' budget."""
+        return rows
+
     def improve(self, pol, fb, subtask: str, examples: list[dict], sizes, seed: int) -> list[dict]:
         from aa_lib.llf.generation import example_key
 
@@ -640,7 +671,8 @@ class ImagePolicy:
         """Synthesized image pairs (chosen y*, rejected y), in `to_preference`'s layout (chosen_images /
         rejected_images). Resumable like `llf.synthesize_preferences`: items (round, prompt) in a fixed order, each
         batch's images written as PNG under out_dir/images/ and its records appended to synthesis.jsonl before the
-        next batch; a rerun skips finished items. Pairs whose y* equals y are dropped ("identical")."""
+        next batch; a rerun skips finished items. Pairs whose critique was cut at `critique_tokens` ("over_length")
+        or whose y* equals y ("identical") are dropped."""
         from aa_lib.llf.generation import example_key
         from aa_lib.llf.synthesis import SHARD, check_meta, item_id, read_shard, run_items, write_report
 
@@ -678,7 +710,8 @@ class ImagePolicy:
                     rec[side] = f"images/{iid}_{side}.png"
                     rec[f"{side}_text"] = text
                     write_bytes_atomic(out / rec[side], encode_png(image))
-                rec["reason"] = "identical: y* equals y" if self.same(x["y"], x["y_star"]) else None
+                rec["reason"] = ("over_length: c cut at critique_tokens" if not x["c_finished"] else
+                                 "identical: y* equals y" if self.same(x["y"], x["y_star"]) else None)
                 rec["kept"] = rec["reason"] is None
                 records.append(rec)
             return records
@@ -718,7 +751,7 @@ class ImagePolicy:
         rm_path = self.train_reward(subtask, policy, reward_pairs, out_dir / "reward", sizes, seed, profile)
         p = get_preset("ppo", subtask, profile)
         episodes = sizes.ppo_episodes or p.epochs * len(prompts)  # None (profile paper): the preset's epochs
-        cfg = ImagePPOConfig(output_dir=str(out_dir / "policy"), learning_rate=p.learning_rate,
+        cfg = ImagePPOConfig(output_dir=str(out_dir / "policy"), learning_rate=sizes.ppo_lr or p.learning_rate,
                              num_iterations=max(1, episodes // sizes.ppo_prompts),
                              prompts_per_iteration=sizes.ppo_prompts, samples_per_prompt=sizes.ppo_samples, seed=seed)
         examples = [prompt_of(prompts[i]) for i in range(len(prompts))]

@@ -279,8 +279,14 @@ def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
         if text and sizes.reading_steps:
             add("policy SFT stage 2 (reading)", steps=sizes.reading_steps, learning_rate=sizes.reading_lr,
                 batch=sizes.reading_batch_size or sizes.batch_size, media_dropped=sizes.reading_media_drop)
+    shared = profile == "tiny" and sizes.critic_rows  # one critic per subtask, not one per seed
+    if shared:
+        add("feedback_model (shared critic)", rows=sizes.critic_rows, steps=sizes.critic_steps,
+            learning_rate=sizes.critic_lr, batch=sizes.batch_size, critique_tokens=sizes.critique_tokens)
     for stage, steps in (("feedback_model", sizes.feedback_steps), ("dpo", sizes.dpo_steps),
                          ("reward_model", sizes.reward_steps)):
+        if stage == "feedback_model" and shared:
+            continue
         p = get_preset(stage, subtask, profile)
         lr = {"feedback_model": sizes.feedback_lr, "dpo": sizes.dpo_lr}.get(stage) or p.learning_rate
         add(stage, steps=steps if steps is not None else f"{p.epochs} epochs", learning_rate=lr,
@@ -289,7 +295,7 @@ def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
             add(stage, learning_rate_synthesized_pairs=sizes.dpo_llf_lr or lr)
     p = get_preset("ppo", subtask, profile)
     add("ppo", rollouts=sizes.ppo_episodes if sizes.ppo_episodes is not None else f"{p.epochs} epochs",
-        learning_rate=p.learning_rate,
+        learning_rate=sizes.ppo_lr or p.learning_rate,
         batch=(min(8, sizes.batch_size) if sizes.batch_size else p.per_device_batch_size) if text else
         f"{sizes.ppo_prompts} prompts x {sizes.ppo_samples} images")
     return rows

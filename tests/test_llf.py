@@ -116,6 +116,8 @@ def test_pair_filter_reasons():
     assert llf.pair_filter({**rec, "y_star": "c", "y_finished": False}, None, drop_truncated=False) is None
     assert llf.pair_filter({**rec, "y_star": "c", "y_star_tokens": 9}, 8).startswith("over_length: y* has 9")
     assert llf.pair_filter({**rec, "y_star": "c"}, None) is None
+    assert llf.pair_filter({**rec, "y_star": "c", "c_finished": False}, None) == "over_length: c cut at critique_tokens"
+    assert llf.pair_filter({**rec, "y_star": "c", "c_finished": False}, None, drop_truncated=False) is None
 
 
 def _config(path, **kw):

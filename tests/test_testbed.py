@@ -149,6 +149,52 @@ def test_settings_ran_say_what_the_experiments_override():
     assert rows["dpo", "learning_rate"] == 5e-5 and rows["dpo", "learning_rate_synthesized_pairs"] == 2e-4
     assert rows["policy SFT stage 2 (reading)", "steps"] == sizes.reading_steps
     assert rows["ppo", "rollouts"] == sizes.ppo_episodes
+    assert rows["feedback_model (shared critic)", "steps"] == sizes.critic_steps and sizes.critic_rows >= 1000
+    assert ("feedback_model", "steps") not in rows  # no per-seed feedback model where a shared critic is trained
     image_sizes = E.experiment_sizes(False, subtask="t2i")
     image = {(r["stage"], r["hyperparameter"]) for r in presets.settings_ran("t2i", image_sizes)}
     assert ("policy SFT stage 2 (reading)", "steps") not in image
+
+
+def test_shared_critic_learns_the_rubric_critiques_of_its_examples(cell):
+    """`train_policy` trains the subtask's shared critic beside the policy, on fresh rows of `CRITIC_SEED`: text
+    examples are (x with its media, the policy's own sample y, the rubric's critique of y); image examples are the
+    rows' own annotated responses. The critic's weights moved away from the policy's."""
+    import datasets
+    from safetensors.torch import load_file
+
+    subtask, sizes = cell["subtask"], cell["sizes"]
+    examples = datasets.load_from_disk(str(cell["out"] / E.CRITIC / "examples"))
+    rows = mini.dataset(subtask, sizes.critic_rows, seed=E.CRITIC_SEED, root=cell["root"])
+    assert len(examples) == len(rows) == sizes.critic_rows
+    if policy_for(subtask).__class__.__name__ == "TextPolicy":
+        for ex, meta in zip(examples, rows["mini_meta"]):
+            text = lambda m: m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]  # noqa: E731
+            y, request = ex["prompt"][-2], ex["prompt"][-1]
+            assert y["role"] == "assistant" and request["content"][0]["text"] == data.CRITIQUE_REQUEST
+            assert text(ex["completion"][0]) == mini.rubric_score(meta, text(y), subtask)["critique"]
+            assert len(ex["images"]) == 1  # the critic sees the media the reading policy learned to do without
+    else:
+        assert examples["mini_meta"] == rows["mini_meta"]
+    critic, policy = (load_file(str(p / "model.safetensors")) for p in (cell["out"] / E.CRITIC / "model",
+                                                                          cell["out"] / "policy"))
+    assert any(not np.array_equal(critic[k].float().numpy(), policy[k].float().numpy()) for k in policy)
+
+
+def test_every_seed_and_fraction_uses_the_shared_critic(smoke_batch):
+    from aa_lib import runs
+
+    _, runs_root, _ = smoke_batch
+    mains = runs.load_seed_results("llf_main", runs_root)
+    assert mains and all(r["results"]["critic"] == "shared" for r in mains)
+    assert all(r["results"]["feedback_model"].endswith(f"/{E.CRITIC}/model") for r in mains)
+    for run in runs.load_results("llf_main", runs_root):  # learning rates chosen on the validation split
+        sel, res = run["results"]["lr_selection"], run["results"]
+        if res["subtask"] in ("t2i", "ti2ti"):
+            continue  # no sweep: image DPO and PPO keep the presets' rates
+        grid = E.experiment_sizes(True, subtask=res["subtask"]).ppo_lr_grid
+        assert sorted(r["lr"] for r in sel["sweep"] if r["method"] == "ppo") == sorted(grid)
+        assert all(seed["sizes"]["ppo_lr"] == sel["ppo_lr"] in grid for seed in res["per_seed"])
+    fractions = runs.load_seed_results("llf_feedback_fraction", runs_root)
+    assert fractions and all(r["results"]["critic"] == "shared" for r in fractions)
+    assert all(r["results"]["prompts"] == r["results"]["sizes"]["n_heldout"] for r in fractions)  # smoke: all

@@ -38,7 +38,8 @@ class SynthesisConfig:
     max_response_tokens: int | None = field(default=None, metadata={
         "help": "Drop pairs whose y or y* is longer than this many tokens (None: no limit)."})
     drop_truncated: bool = field(default=True, metadata={
-        "help": "Drop pairs whose y or y* was cut at max_new_tokens (never reached EOS)."})
+        "help": "Drop pairs whose y, critique or y* was cut at max_new_tokens (never reached EOS): a cut critique "
+                "may have lost the refinement it was about to name."})
     subtask: str | None = field(default=None, metadata={"help": "Subtask of an align-anything prompt Dataset."})
 
     def __post_init__(self):
@@ -61,11 +62,16 @@ def normalize_ws(text: str) -> str:
 
 
 def pair_filter(rec: dict, max_response_tokens: int | None, drop_truncated: bool = True) -> str | None:
-    """Why a synthesized item is dropped (None: kept). Order: empty, over length, identical."""
+    """Why a synthesized item is dropped (None: kept). Order: empty, over length (y, unfinished critique, y*),
+    identical."""
     for side, name in (("y", "y"), ("y_star", "y*")):
         if not normalize_ws(rec[side]):
             return f"empty: {name}"
-    for side, name in (("y", "y"), ("y_star", "y*")):
+    for side, name in (("y", "y"), ("c", "c"), ("y_star", "y*")):
+        if side == "c":  # a cut critique may have lost the fix it was about to name
+            if drop_truncated and not rec.get("c_finished", True):
+                return "over_length: c cut at critique_tokens"
+            continue
         if drop_truncated and not rec[f"{side}_finished"]:
             return f"over_length: {name} cut at max_new_tokens ({rec[f'{side}_tokens']} tokens)"
         if max_response_tokens is not None and rec[f"{side}_tokens"] > max_response_tokens:
