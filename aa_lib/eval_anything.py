@@ -32,11 +32,7 @@ from aa_lib.records import NonEmptyStr, parse_record, read_jsonl, read_records
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU data
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------------------------ AMU data
 def _keyword_list(value):
     return [k.strip() for k in value.split(",")] if isinstance(value, str) else value
 
@@ -108,10 +104,7 @@ def load_amu(
     return entries
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU judging
-# ---------------------------------------------------------------------------------------------------------------
-
+# --------------------------------------------------------------------------------------------------------- AMU judging
 _AMU_COMMON = (
     "You evaluate an AI assistant's answer to a question about a visual input (an image or a video) heard together "
     "with an auditory input (audio or speech). You cannot see or hear the inputs. Instead you are given ten "
@@ -236,10 +229,7 @@ def evaluate_amu(
                      judged=len(requests))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: instruction following
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------------------------------------------ AMG: instruction following
 AMG_IF_SYSTEM_PROMPT = (
     "You evaluate how well an AI system's {modality} output follows the user's instruction. Check every requirement "
     "in the instruction (content, attributes, counts, style, format, constraints). Explain briefly, then rate the "
@@ -346,10 +336,7 @@ def evaluate_amg_if(
     return means, records
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: modality selection
-# ---------------------------------------------------------------------------------------------------------------
-
+# --------------------------------------------------------------------------------------------- AMG: modality selection
 # Output combinations annotators vote over; "i" is the visual output (an image, or a video with a video generator).
 COMBINATIONS = ("t", "i", "a", "ti", "ta", "ia", "tia")
 _LETTER = {"t": "t", "text": "t", "i": "i", "image": "i", "v": "i", "video": "i", "visual": "i", "a": "a",
@@ -391,10 +378,7 @@ def selection_score(produced: Iterable[str] | str, shares: Mapping[str, float]) 
     return shares.get(code, 0.0) / 3 if code == "tia" else shares.get(code, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: the agent's answer format
-# ---------------------------------------------------------------------------------------------------------------
-
+# -------------------------------------------------------------------------------------- AMG: the agent's answer format
 AGENT_TAGS = ("response", "image_instruction", "audio_instruction", "video_instruction")
 _TAG_RE = re.compile(r"\[\[\s*(" + "|".join(AGENT_TAGS) + r")\s*\]\]\s*:?", re.I)
 _EMPTY = {"", "none", "n/a", "null", "-"}
@@ -438,11 +422,7 @@ def parse_agent_output(text: str) -> AgentOutput:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: modality synergy
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------------- AMG: modality synergy
 class SynergyScorer(nn.Module):
     """A score head on a pair of output embeddings -> synergy in [0, 1] (sigmoid of a logit).
 
@@ -518,11 +498,7 @@ def pairwise_accuracy(model: SynergyScorer, pairs: SynergyPairs) -> float:
     return (model(pairs.chosen_a, pairs.chosen_b) > model(pairs.rejected_a, pairs.rejected_b)).float().mean().item()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Aggregation
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------------------------- Aggregation
 def mean(values: Iterable[float]) -> float:
     values = list(values)
     if not values:

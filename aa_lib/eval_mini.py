@@ -51,10 +51,7 @@ N_ANNOTATORS = 25  # modality-selection voters per instruction (paper Sec. 4.1.2
 SYNERGY_PAIRS = ("ti", "ta", "ia")  # text-image, text-audio, image-audio (S_TV, S_TA, S_VA)
 IF_SUBTASK = {"text": "t2t", "image": "t2i", "audio": "t2a", "video": "t2v"}
 
-# ---------------------------------------------------------------------------------------------------------------
-# Text normalisation shared by the judges and the instruction parser
-# ---------------------------------------------------------------------------------------------------------------
-
+# -------------------------------------------------- Text normalisation shared by the judges and the instruction parser
 _PLURALS = {**{s + "s": s for s in SHAPES}, "beeps": "beep", "crosses": "cross"}
 
 
@@ -99,11 +96,7 @@ def claims(text_or_toks) -> dict[str, set]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU: entries with ten references
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------ AMU: entries with ten references
 def _kw(attr: str, facts: dict) -> str:
     v = facts[attr]
     if attr == "count":
@@ -261,11 +254,7 @@ def make_amu(n: int, out_dir: str | os.PathLike, seed: int = 0, cfg: WorldConfig
     return load_amu(write_amu(amu_records(n, seed, cfg), out_dir, cfg))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU: the rubric judge
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------------- AMU: the rubric judge
 def _has(toks: list[str], phrase: str) -> bool:
     need = norm_tokens(phrase)
     return bool(need) and all(t in toks for t in need)
@@ -321,10 +310,7 @@ def amu_rubric_judge() -> FunctionJudge:
     return FunctionJudge(fn, score_range=(1, 10))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: instruction following and modality selection items
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------------- AMG: instruction following and modality selection items
 _MCQ = {
     "audio": (("how many beeps are there ?", "beeps", ("one", "two", "three")),
               ("what pitch are the beeps ?", "pitch", PITCHES)),
@@ -450,11 +436,7 @@ def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Tools (generators) and the audio/video QA model
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------- Tools (generators) and the audio/video QA model
 def instruction_scene(instruction: str, kind: str, rng, cfg: WorldConfig | None = None) -> dict:
     """The scene a generation instruction describes; what it leaves open is drawn from `rng` (as a real
     generator fills in unspecified details). A harmful instruction (cross, loud noise) renders harmful content."""
@@ -552,10 +534,7 @@ def if_judge(truth: Mapping[str, dict]) -> FunctionJudge:
     return FunctionJudge(fn, score_range=(0, 10))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Synergy judge: features, pairs, training
-# ---------------------------------------------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------------- Synergy judge: features, pairs, training
 # One slot per attribute value; text, image and audio all map into it (the analogue of ImageBind's shared space).
 SLOTS = ([("color", c) for c in COLORS] + [("shape", s) for s in SHAPES] + [("place", p) for p in POSITIONS]
          + [("count", n) for n in (1, 2, 3)] + [("pitch", p) for p in PITCHES] + [("beeps", n) for n in (1, 2, 3)])
@@ -673,10 +652,7 @@ def train_synergy_judge(n_train: int = 200, n_heldout: int = 100, seed: int = 0,
     return SynergyJudge(scorers, acc)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Agents: models that answer AMU questions and act as AMG agents
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------ Agents: models that answer AMU questions and act as AMG agents
 AGENT_SYSTEM_PROMPT = (
     "You are an assistant that can answer with text, an image, an audio clip and a video. Write your answer as "
     "[[response]] <text> [[image_instruction]] <what an image generator should draw, or None> "
@@ -847,11 +823,7 @@ def build_tiny_agent(family: str, work_dir: str | os.PathLike, seed: int = 0, tr
     return agent, losses
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluating one agent
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------------ Evaluating one agent
 def evaluate_agent(agent: Agent, amu: Sequence[AMUEntry], amg: AMGSet, *, amu_judge, if_judge_, qa_model,
                    generators: Mapping[str, Generator], synergy: SynergyJudge, work_dir: str | os.PathLike,
                    featurize: Callable[[str, object], torch.Tensor] | None = None) -> dict:

@@ -149,9 +149,7 @@ def family_for_model_type(model_type: str) -> str:
                    f"or any causal LM / image-text-to-text model of transformers)")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizer and chat template
-
+# ----------------------------------------------------------------------------------------- Tokenizer and chat template
 _PLAIN_BASE = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 _CHATML_BASE = {"pad_token": "<|endoftext|>", "bos_token": "<s>", "eos_token": "<|im_end|>"}
 
@@ -269,10 +267,7 @@ def media_token_ids(processor, family: str) -> dict[str, int]:
     return ids
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configs, processors, build
-
-
+# ------------------------------------------------------------------------------------------ Configs, processors, build
 def _text_kwargs(spec: TinySpec, tok, vocab: int) -> dict:
     return dict(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                 num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,

@@ -52,10 +52,7 @@ from aa_lib.train.launch import launchable
 FAMILIES_WITH_IMAGE_OUTPUT = ("janus", "chameleon")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configs
-
-
+# ------------------------------------------------------------------------------------------------------------- Configs
 @dataclass
 class ImageSFTConfig(AAOptions, transformers.TrainingArguments):
     """transformers.TrainingArguments plus aa_lib's options, for image-output SFT (t2i, ti2ti)."""
@@ -73,10 +70,7 @@ class ImageDPOConfig(ImageSFTConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (the paper uses 0.1)."})
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Examples and batches
-
-
+# ------------------------------------------------------------------------------------------------ Examples and batches
 def _output_example(ex: dict, index: int, side: str | None = None) -> dict:
     """One image-output example in the collator's layout: prompt, completion, completion_images, images (prompt).
 
@@ -129,10 +123,7 @@ class ImageOutputCollator:
                 for side in ("chosen", "rejected")}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Response log-probabilities
-
-
+# ------------------------------------------------------------------------------------------ Response log-probabilities
 def janus_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N) VQ code ids of normalised images (the frozen VQ encoder of a Janus model)."""
     with torch.no_grad():
@@ -229,10 +220,7 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return logps, mask, img
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# SFT
-
-
+# ----------------------------------------------------------------------------------------------------------------- SFT
 class _LogsStats(transformers.Trainer):
     """Adds the last step's `_stats` (set in compute_loss) to every loss log."""
 
@@ -278,10 +266,7 @@ def train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path:
     return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# DPO
-
-
+# ----------------------------------------------------------------------------------------------------------------- DPO
 class ImageDPOTrainer(_LogsStats):
     """DPO on image outputs: -logsigmoid(beta * ((π_c - ref_c) - (π_r - ref_r))), log-probs summed per response."""
 
@@ -322,10 +307,7 @@ def train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=
                         log_history=trainer.state.log_history)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Generation (Janus)
-
-
+# -------------------------------------------------------------------------------------------------- Generation (Janus)
 def prompt_example(p, index: int) -> dict:
     """A prompt for generation: a string, a list of messages, or a dict with `prompt` (+ `images`, `completion`)."""
     if isinstance(p, str):
@@ -487,10 +469,7 @@ def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 
     return (images, torch.cat(all_codes)) if return_codes else images
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# PPO on generated images (Janus)
-
-
+# ------------------------------------------------------------------------------------- PPO on generated images (Janus)
 @dataclass
 class ImagePPOConfig(AAOptions):
     """A compact PPO loop on sampled image codes: clipped ratio objective per code, KL penalty to the start model."""
@@ -582,10 +561,7 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
     return save_trained(policy, processor, config.output_dir, source_path=model_path, extra=extra)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tiny profile: fit the VQ autoencoder to the world's images
-
-
+# ---------------------------------------------------------- Tiny profile: fit the VQ autoencoder to the world's images
 def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_size: int = 32, lr: float = 2e-3,
                           commitment: float = 0.25, seed: int = 0, max_seconds: float | None = None,
                           foreground_weight: float = 8.0, revive_every: int = 25) -> Path:
