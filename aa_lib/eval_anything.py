@@ -26,7 +26,8 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from torch.nn import functional as F
 
-from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
+from aa_lib.judges import Judge, JudgeRequest
+from aa_lib.media import write_text_atomic
 from aa_lib.records import NonEmptyStr, parse_record, read_jsonl, read_records
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
@@ -159,12 +160,11 @@ def read_results(path: str | os.PathLike) -> dict[str, dict]:
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Append records by rewriting the file atomically: a crash leaves the old or the new file, never half a line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
     new = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write_text(path, old + new)
+    write_text_atomic(path, old + new)
 
 
 def amu_score(records: Iterable[dict]) -> dict[str, float]:

@@ -37,8 +37,7 @@ from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEn
                                   train_synergy_scorer, vote_shares)
 from aa_lib.judges import FunctionJudge, JudgeRequest
 from aa_lib.records import RecordId, parse_record, read_records
-from aa_lib.media import write_text_atomic as atomic_write_text
-from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
+from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic, write_text_atomic
 from aa_lib.mini import checker
 from aa_lib.mini.render import render
 from aa_lib.mini.rubric import WEIGHTS, is_refusal, rubric_score
@@ -245,7 +244,7 @@ def write_amu(records: Sequence[dict], out_dir: str | os.PathLike, cfg: WorldCon
         entries.append({"id": r["id"], "question": r["question"], "category": r["category"], "visual_path": vpath,
                         "auditory_path": apath, "references": r["references"]})
     path = out_dir / "amu.json"
-    atomic_write_text(path, json.dumps(entries, indent=1))
+    write_text_atomic(path, json.dumps(entries, indent=1))
     return path
 
 
@@ -405,13 +404,12 @@ def _mcq_value(attr: str, facts: dict) -> str:
 def write_amg(amg: AMGSet, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`amg_if.json` and `amg_selection.json` in the layout `load_amg_if` / `load_amg_selection` read."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if_path, sel_path = out_dir / "amg_if.json", out_dir / "amg_selection.json"
-    atomic_write_text(if_path, json.dumps([
+    write_text_atomic(if_path, json.dumps([
         {"id": it.id, "modality": it.modality, "instruction": it.instruction,
          "questions": [{"question": q.question, "options": list(q.options), "answer": q.answer} for q in it.questions]}
         for it in amg.if_items], indent=1))
-    atomic_write_text(sel_path, json.dumps([{"id": s.id, "instruction": s.instruction, "votes": list(s.votes)}
+    write_text_atomic(sel_path, json.dumps([{"id": s.id, "instruction": s.instruction, "votes": list(s.votes)}
                                             for s in amg.selection], indent=1))
     return if_path, sel_path
 

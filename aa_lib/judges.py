@@ -110,13 +110,7 @@ class JSONCache:
             return None
 
     def put(self, key: str, entry: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(entry, ensure_ascii=False, indent=1))
-
-
-# Kept under its old name for callers: one atomic writer serves the whole package.
-atomic_write_text = write_text_atomic
+        write_text_atomic(self._path(key), json.dumps(entry, ensure_ascii=False, indent=1))
 
 
 def request_hash(payload: dict) -> str:
