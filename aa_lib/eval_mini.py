@@ -31,7 +31,7 @@ import torch
 from pydantic import field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
+from aa_lib.eval_anything import (AGENT_TAGS, AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
@@ -673,8 +673,7 @@ def _amu_prompt(modalities, vkind: str, visual, audio, question: str) -> dict:
 
 def _agent_target(parts: Mapping[str, str | None]) -> str:
     """Only the produced sections: short targets teach tiny models the format in few steps."""
-    tags = ("response", "image_instruction", "audio_instruction", "video_instruction")
-    return " ".join(f"[[{tag}]] {parts[tag]}" for tag in tags if parts.get(tag))
+    return " ".join(f"[[{tag}]] {parts[tag]}" for tag in AGENT_TAGS if parts.get(tag))
 
 
 @dataclass

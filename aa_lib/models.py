@@ -276,14 +276,10 @@ def _text_kwargs(spec: TinySpec, tok, vocab: int) -> dict:
                 tie_word_embeddings=False)
 
 
-def _vocab_rounded(tok) -> int:
-    return ((len(tok) + 7) // 8) * 8  # padded rows are never produced by the tokenizer
-
-
 def _make_config(family: str, spec: TinySpec, tok):
     import transformers as T
 
-    V = _vocab_rounded(tok)
+    V = ((len(tok) + 7) // 8) * 8  # padded rows are never produced by the tokenizer
     text = _text_kwargs(spec, tok, V)
     if family == "llama":
         return T.LlamaConfig(**text)
