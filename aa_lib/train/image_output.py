@@ -44,7 +44,8 @@ import torch.nn.functional as F
 import transformers
 
 from aa_lib import progress
-from aa_lib.collators import CollatorError, ImageOutputSFTCollator, count_media_parts, example_name
+from aa_lib.collators import (CollatorError, ImageOutputSFTCollator, completion_text, count_media_parts,
+                              example_name)
 from aa_lib.models import get_family, janus_decode_images, load_model
 from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
 from aa_lib.train.launch import launchable
@@ -320,14 +321,6 @@ def prompt_example(p, index: int) -> dict:
                         f"{type(p).__name__}")
 
 
-def _response_text(completion) -> str:
-    text = ""
-    for m in completion or []:
-        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-        text += "".join(p.get("text") or "" for p in parts if p.get("type") == "text")
-    return text
-
-
 def generation_batch(model, processor, examples: list[dict]) -> dict:
     """Left-padded prompts ending with begin-of-image (+ ti2ti response text before it), with input images."""
     coll = ImageOutputSFTCollator(processor, "janus")
@@ -336,7 +329,7 @@ def generation_batch(model, processor, examples: list[dict]) -> dict:
     rows, pvs = [], []
     for i, ex in enumerate(examples):
         ids, media = coll._encode_prompt(ex["prompt"], ex, example_name(ex, i))
-        text = _response_text(ex.get("completion"))
+        text = completion_text(ex.get("completion"))
         if text:
             ids = ids + tok(" " + text, add_special_tokens=False)["input_ids"]
         rows.append(ids + [boi])
