@@ -109,15 +109,7 @@ class TinySpec:
     vq_channels: int = 32  # VQ encoder/decoder width (GroupNorm with 32 groups: a multiple of 32)
 
 
-TINY_CONFIGS: dict[str, TinySpec] = {
-    "llama": TinySpec(),
-    "qwen2": TinySpec(),
-    "llava": TinySpec(),
-    "qwen2_vl": TinySpec(patch_size=4),
-    "qwen2_audio": TinySpec(),
-    "chameleon": TinySpec(),
-    "janus": TinySpec(),
-}
+TINY_CONFIGS: dict[str, TinySpec] = {name: TinySpec() for name in FAMILIES} | {"qwen2_vl": TinySpec(patch_size=4)}
 
 
 def get_family(name: str) -> Family:
@@ -268,19 +260,15 @@ def media_token_ids(processor, family: str) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ Configs, processors, build
-def _text_kwargs(spec: TinySpec, tok, vocab: int) -> dict:
-    return dict(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+def _make_config(family: str, spec: TinySpec, tok):
+    import transformers as T
+
+    text = dict(vocab_size=((len(tok) + 7) // 8) * 8,  # padded rows are never produced by the tokenizer
+                hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                 num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                 num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 tie_word_embeddings=False)
-
-
-def _make_config(family: str, spec: TinySpec, tok):
-    import transformers as T
-
-    V = ((len(tok) + 7) // 8) * 8  # padded rows are never produced by the tokenizer
-    text = _text_kwargs(spec, tok, V)
     if family == "llama":
         return T.LlamaConfig(**text)
     if family == "qwen2":
@@ -322,7 +310,7 @@ def _make_config(family: str, spec: TinySpec, tok):
         vq = T.ChameleonVQVAEConfig(embed_dim=spec.vq_channels, num_embeddings=spec.vq_codes,
                                     latent_channels=spec.vq_channels, resolution=spec.image_size,
                                     base_channels=spec.vq_channels, channel_multiplier=mult, num_res_blocks=1)
-        return T.ChameleonConfig(**{k: v for k, v in text.items()}, vq_config=vq, vocabulary_map=tok.get_vocab())
+        return T.ChameleonConfig(**text, vq_config=vq, vocabulary_map=tok.get_vocab())
     if family == "janus":
         vc = T.JanusVisionConfig(hidden_size=spec.tower_hidden, num_hidden_layers=spec.tower_layers,
                                  num_attention_heads=spec.tower_heads, image_size=spec.image_size,
