@@ -78,10 +78,8 @@ LlavaContextRecord = create_model("LlavaContextRecord", image=str, caption=list[
                                   instances=(list[create_model("LlavaBox", category=str, bbox=list)], []))
 
 
-def load_llava_bench(
-    questions: str | os.PathLike, answers: str | os.PathLike, context: str | os.PathLike | None = None,
-    image_dir: str | os.PathLike | None = None, *, check_files: bool = True,
-) -> list[BenchItem]:
+def load_llava_bench(questions: str | os.PathLike, answers: str | os.PathLike, context: str | os.PathLike | None = None,
+                     image_dir: str | os.PathLike | None = None, *, check_files: bool = True) -> list[BenchItem]:
     """`questions.jsonl` (question_id, image, text, category), the reference `answers_gpt4.jsonl` (question_id,
     text) and optionally `caps_boxes_coco2014_val_80.jsonl` (image, caption, instances) shown to the judge."""
     refs = {}

@@ -82,9 +82,8 @@ class AMUEntry(BaseModel, frozen=True):
         return refs
 
 
-def load_amu(
-    path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
-) -> list[AMUEntry]:
+def load_amu(path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
+             ) -> list[AMUEntry]:
     """Read AMU entries from a JSON list or a JSONL file; relative media paths are resolved against its folder.
 
     Errors name the file, the entry (index and id) and the field.
@@ -191,14 +190,8 @@ class AMUReport:
     judged: int  # entries sent to the judge in this run (finished ones are skipped)
 
 
-def evaluate_amu(
-    entries: Sequence[AMUEntry],
-    responses: Mapping[str, str] | Callable[[AMUEntry], str],
-    judge: Judge,
-    results_path: str | os.PathLike,
-    *,
-    max_workers: int = 1,
-) -> AMUReport:
+def evaluate_amu(entries: Sequence[AMUEntry], responses: Mapping[str, str] | Callable[[AMUEntry], str], judge: Judge,
+                 results_path: str | os.PathLike, *, max_workers: int = 1) -> AMUReport:
     """Judge each entry's response; per-item records go to `results_path` (JSONL), and a rerun skips finished ones.
 
     Failed items (judge errors, a missing response) are recorded with their reason and judged again next run.
@@ -302,10 +295,8 @@ class AMGIFItem:
         return tuple(questions or ())
 
 
-def evaluate_amg_if(
-    items: Sequence[AMGIFItem], outputs: Mapping[str, str], judge: Judge | None = None,
-    qa_model: QAModel | None = None,
-) -> tuple[dict[str, float], list[dict]]:
+def evaluate_amg_if(items: Sequence[AMGIFItem], outputs: Mapping[str, str], judge: Judge | None = None,
+                    qa_model: QAModel | None = None) -> tuple[dict[str, float], list[dict]]:
     """Instruction following per output modality on 0-10: judge for text/image, multiple choice for audio/video.
 
     `outputs` maps item id to the text (text items) or the generated file's path. Returns the mean per modality
@@ -467,10 +458,8 @@ class SynergyPairs:
         return len(self.chosen_a)
 
 
-def train_synergy_scorer(
-    model: SynergyScorer, pairs: SynergyPairs, *, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
-    weight_decay: float = 0.0, seed: int = 0,
-) -> list[float]:
+def train_synergy_scorer(model: SynergyScorer, pairs: SynergyPairs, *, epochs: int = 20, lr: float = 1e-3,
+                         batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
     """Train with the Bradley-Terry loss; returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

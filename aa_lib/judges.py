@@ -124,13 +124,8 @@ class Judge:
     is the cache key) and `_call(payload) -> str` (the reply; raise `JudgeCallError` when it failed for good).
     """
 
-    def __init__(
-        self,
-        *,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, *, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         if score_range[0] > score_range[1]:
             raise ValueError(f"score_range {score_range}: low must not exceed high")
         self.score_range = (float(score_range[0]), float(score_range[1]))
@@ -203,24 +198,11 @@ class HTTPJudge(Judge):
     out of the cache, results, errors, logs and repr.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        model: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-        extra_body: dict | None = None,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_retry_after: float = 60.0, temperature: float = 0.0, max_tokens: int = 1024,
+                 extra_body: dict | None = None, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         import openai  # here, not at the top: HF and function judges should not pay for it
 
         super().__init__(score_range=score_range, max_reasks=max_reasks, cache_dir=cache_dir)
@@ -351,17 +333,9 @@ class HFJudge(Judge):
     else a plain "System / User / Assistant" transcript.
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str | os.PathLike,
-        *,
-        max_new_tokens: int = 64,
-        device: str | None = None,
-        torch_dtype: Any = None,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, model_name_or_path: str | os.PathLike, *, max_new_tokens: int = 64, device: str | None = None,
+                 torch_dtype: Any = None, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         super().__init__(score_range=score_range, max_reasks=max_reasks, cache_dir=cache_dir)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
