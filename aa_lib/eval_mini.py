@@ -37,8 +37,9 @@ from aa_lib.eval_anything import (AGENT_TAGS, AMU_CATEGORIES, COMBINATIONS, AMGI
                                   train_synergy_scorer, vote_shares)
 from aa_lib.judges import FunctionJudge, JudgeRequest
 from aa_lib.records import RecordId, parse_record, read_records
-from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic, write_text_atomic
+from aa_lib.media import load_video, write_bytes_atomic, write_text_atomic
 from aa_lib.mini import checker
+from aa_lib.mini.build import MEDIA_DIRS, encode_media
 from aa_lib.mini.render import render
 from aa_lib.mini.rubric import WEIGHTS, is_refusal, rubric_score
 from aa_lib.mini.world import (COLORS, DIRECTIONS, HARM_WORDS, NUMBER_WORDS, PITCHES, POSITIONS, REFUSAL, SHAPES,
@@ -238,9 +239,8 @@ def write_amu(records: Sequence[dict], out_dir: str | os.PathLike, cfg: WorldCon
     for r in records:
         ext = ".mp4" if r["visual_kind"] == "video" else ".png"
         vpath, apath = f"media/{r['id']}_visual{ext}", f"media/{r['id']}_audio.wav"
-        data = encode_mp4(r["visual"], fps=cfg.fps) if ext == ".mp4" else encode_png(r["visual"])
-        write_bytes_atomic(out_dir / vpath, data)
-        write_bytes_atomic(out_dir / apath, encode_wav(r["audio"], AUDIO_RATE))
+        write_bytes_atomic(out_dir / vpath, encode_media(r["visual_kind"], r["visual"], cfg))
+        write_bytes_atomic(out_dir / apath, encode_media("audio", r["audio"], cfg))
         entries.append({"id": r["id"], "question": r["question"], "category": r["category"], "visual_path": vpath,
                         "auditory_path": apath, "references": r["references"]})
     path = out_dir / "amu.json"
@@ -477,12 +477,10 @@ def mini_generators(cfg: WorldConfig | None = None, seed: int = 0) -> dict[str, 
         def gen(instruction: str, out: Path) -> Path:
             rng = np.random.default_rng([seed, zlib.crc32(instruction.encode())])
             data = render(instruction_scene(instruction, kind, rng, cfg), cfg.image_size)
-            blob = {"image": encode_png, "audio": lambda a: encode_wav(a, AUDIO_RATE),
-                    "video": lambda v: encode_mp4(v, fps=cfg.fps)}[kind](data)
-            return write_bytes_atomic(Path(str(out) + ext), blob)
+            return write_bytes_atomic(Path(str(out) + ext), encode_media(kind, data, cfg))
         return gen
 
-    return {"image": make("image", ".png"), "audio": make("audio", ".wav"), "video": make("video", ".mp4")}
+    return {kind: make(kind, ext) for kind, (_, ext) in MEDIA_DIRS.items()}
 
 
 def _read_media(path: str) -> tuple[str, dict]:
