@@ -31,6 +31,7 @@ import torch
 from pydantic import field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from aa_lib.collators import PromptCollator, SFTCollator
 from aa_lib.eval_anything import (AGENT_TAGS, AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
@@ -38,10 +39,12 @@ from aa_lib.eval_anything import (AGENT_TAGS, AMU_CATEGORIES, COMBINATIONS, AMGI
 from aa_lib.judges import FunctionJudge, JudgeRequest
 from aa_lib.records import RecordId, parse_record, read_records
 from aa_lib.media import load_video, write_bytes_atomic, write_text_atomic
+from aa_lib import mini
 from aa_lib.mini import checker
 from aa_lib.mini.build import MEDIA_DIRS, encode_media
 from aa_lib.mini.render import render
 from aa_lib.mini.rubric import WEIGHTS, is_refusal, rubric_score
+from aa_lib.models import TINY_CONFIGS, build_tiny, family_for_model_type, get_family, load_model
 from aa_lib.mini.world import (COLORS, DIRECTIONS, HARM_WORDS, NUMBER_WORDS, PITCHES, POSITIONS, REFUSAL, SHAPES,
                                WorldConfig, audio_scene, image_scene, make_item, number_word, tokens, video_scene)
 from aa_lib.subtasks import get_subtask
@@ -689,7 +692,6 @@ class Agent:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        from aa_lib.models import get_family
         return get_family(self.family).modalities
 
     def amu_example(self, entry: AMUEntry) -> dict:
@@ -707,8 +709,6 @@ class Agent:
     @torch.no_grad()
     def generate(self, examples: Sequence[dict]) -> list[str]:
         """Greedy answers, batch by batch (left-padded prompts)."""
-        from aa_lib.collators import PromptCollator
-
         collate = PromptCollator(self.processor, self.family, num_frames=self.num_frames)
         tok = getattr(self.processor, "tokenizer", self.processor)
         self.model.eval()
@@ -722,7 +722,6 @@ class Agent:
 
 
 def load_agent(name: str, path_or_id, family: str | None = None, **kwargs) -> Agent:
-    from aa_lib.models import family_for_model_type, load_model
     import transformers as T
 
     fam = family or family_for_model_type(T.AutoConfig.from_pretrained(path_or_id).model_type)
@@ -734,8 +733,6 @@ def sft_examples(family: str, n_amu: int, n_amg: int, seed: int = 0, cfg: WorldC
     """Training conversations for a tiny agent (disjoint seeds from the test sets): AMU questions answered like one
     annotator (with the media the family takes) and AMG prompts answered in the agent format, the output
     combination drawn from that prompt's own simulated votes."""
-    from aa_lib.models import get_family
-
     cfg = cfg or WorldConfig()
     mods = get_family(family).modalities
     rng = np.random.default_rng([seed, 7301])
@@ -780,8 +777,6 @@ def _text_pair(prompt: str, answer: str) -> dict:
 def train_agent(agent: Agent, examples: Sequence[dict], steps: int, lr: float = 3e-3, batch_size: int = 6,
                 seed: int = 0) -> list[float]:
     """A short supervised fine-tune (loss on the answers only); returns the loss per step."""
-    from aa_lib.collators import SFTCollator
-
     if steps <= 0:
         return []
     collate = SFTCollator(agent.processor, agent.family, num_frames=agent.num_frames)
@@ -806,9 +801,6 @@ def build_tiny_agent(family: str, work_dir: str | os.PathLike, seed: int = 0, tr
                      n_train: int = 96, lr: float = 3e-3, corpus: Sequence[str] | None = None,
                      cfg: WorldConfig | None = None) -> tuple[Agent, list[float]]:
     """A tiny `family` model (aa_lib.models.build_tiny) briefly fine-tuned on mini eval-anything-style data."""
-    from aa_lib import mini
-    from aa_lib.models import TINY_CONFIGS, build_tiny
-
     examples = sft_examples(family, n_train // 2, n_train - n_train // 2, seed, cfg)
     texts = list(corpus if corpus is not None else mini.corpus()) + [
         m["content"][-1]["text"] for ex in examples for m in (*ex["prompt"], *ex["completion"])]
