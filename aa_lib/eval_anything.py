@@ -341,12 +341,10 @@ def combination(modalities: Iterable[str] | str) -> str:
         items = [s] if s in _LETTER else (re.split(r"[,+\s]+", s) if re.search(r"[,+\s]", s) else list(s))
     else:
         items = [str(m).strip().lower() for m in modalities]
-    letters = set()
-    for m in items:
-        if m and m not in _LETTER:
-            raise ValueError(f"unknown output modality {m!r} in {modalities!r}")
-        if m:
-            letters.add(_LETTER[m])
+    bad = [m for m in items if m and m not in _LETTER]
+    if bad:
+        raise ValueError(f"unknown output modality {bad[0]!r} in {modalities!r}")
+    letters = {_LETTER[m] for m in items if m}
     return "".join(c for c in "tia" if c in letters)
 
 

@@ -216,11 +216,8 @@ class HTTPJudge(Judge):
         self.url = root + "/chat/completions"
         self.model = model
         self.__api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.max_backoff, self.max_retry_after = max_backoff, max_retry_after
         self.params = {"temperature": temperature, "max_tokens": max_tokens, **(extra_body or {})}
         # The client's own retries stay off: its backoff is fixed (0.5 s doubling to 8 s), it waits out any
         # Retry-After up to 120 s and gives up on a longer one, and it retries 409; this judge promises a
@@ -371,14 +368,11 @@ class HFJudge(Judge):
             if limit and ids.shape[1] + self.max_new_tokens > limit:
                 ids = ids[:, -(limit - self.max_new_tokens):]  # keep the end: the response and the format request
             ids = ids.to(self.model.device)
-            pad = self.tokenizer.pad_token_id
-            if pad is None:
-                pad = self.tokenizer.eos_token_id
+            tok = self.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=pad,
-                )
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=self.max_new_tokens, pad_token_id=pad)
             return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         except Exception as e:  # a generation error is this item's failure, not the evaluation's
             raise JudgeCallError(f"generation failed: {type(e).__name__}: {e}") from None
