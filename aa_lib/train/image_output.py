@@ -204,16 +204,13 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     mask = lab != -100
     txt = mask & ~img
     logps = torch.zeros(lab.shape, dtype=torch.float32, device=h.device)
+    txt_logits, txt_labels = model.lm_head(h[txt]).float(), lab[txt]
     if family == "janus":
         img_logits = model.model.generation_head(h[img]).float()
-        txt_logits = model.lm_head(h[txt]).float()
-        txt_labels = lab[txt]
     else:
         rows = _chameleon_image_rows(model)
         img_logits = (h[img] @ model.lm_head.weight[rows].T).float()
-        txt_logits = model.lm_head(h[txt]).float()
         txt_logits[:, rows] = float("-inf")  # text positions never sample image tokens
-        txt_labels = lab[txt]
         if bool(torch.isin(txt_labels, rows).any()):
             raise ValueError("an image token id appears in a response's text tokens")
     logps[img] = img_logits.log_softmax(-1).gather(-1, lab[img][:, None]).squeeze(-1)
