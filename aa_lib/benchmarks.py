@@ -69,11 +69,7 @@ def _two_scores(text: str, low: float = 1, high: float = 10) -> tuple[float, flo
 _TWO_SCORES_REASK = "Please output only the two scores (1-10) for Assistant 1 and Assistant 2 on the first line, " \
                     "separated by a space, then your explanation."
 
-# ---------------------------------------------------------------------------------------------------------------
-# LLaVA-Bench (COCO)
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# -------------------------------------------------------------------------------------------------- LLaVA-Bench (COCO)
 # One pydantic model per record kind: the fields its file must have (other keys are ignored). A box's bbox is
 # shown to the judge as the file writes it.
 LlavaAnswerRecord = create_model("LlavaAnswerRecord", question_id=RecordId, text=str)
@@ -82,10 +78,8 @@ LlavaContextRecord = create_model("LlavaContextRecord", image=str, caption=list[
                                   instances=(list[create_model("LlavaBox", category=str, bbox=list)], []))
 
 
-def load_llava_bench(
-    questions: str | os.PathLike, answers: str | os.PathLike, context: str | os.PathLike | None = None,
-    image_dir: str | os.PathLike | None = None, *, check_files: bool = True,
-) -> list[BenchItem]:
+def load_llava_bench(questions: str | os.PathLike, answers: str | os.PathLike, context: str | os.PathLike | None = None,
+                     image_dir: str | os.PathLike | None = None, *, check_files: bool = True) -> list[BenchItem]:
     """`questions.jsonl` (question_id, image, text, category), the reference `answers_gpt4.jsonl` (question_id,
     text) and optionally `caps_boxes_coco2014_val_80.jsonl` (image, caption, instances) shown to the judge."""
     refs = {}
@@ -141,11 +135,7 @@ def llava_relative_scores(items: Sequence[BenchItem], results: Sequence[JudgeRes
     return {c: 100 * sum(b for _, b in v) / sum(a for a, _ in v) for c, v in pairs.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# MIA-Bench
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------------------------- MIA-Bench
 class MIARecord(BaseModel):
     id: RecordId | None = None
     image: str
@@ -217,10 +207,7 @@ def mia_score(results: Iterable[JudgeResult]) -> float:
     return 100 * sum(totals) / len(totals)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Video-ChatGPT (quantitative evaluation)
-# ---------------------------------------------------------------------------------------------------------------
-
+# ----------------------------------------------------------------------------- Video-ChatGPT (quantitative evaluation)
 VIDEO_CHATGPT_DIMENSIONS = {
     "correctness": "the factual accuracy of the predicted answer compared with the correct answer",
     "detail": "how complete and detailed the predicted answer is: does it cover all major points of the correct "
@@ -295,11 +282,7 @@ def video_chatgpt_scores(results: dict[str, Sequence[JudgeResult]]) -> dict[str,
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AIR-Bench (chat)
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ---------------------------------------------------------------------------------------------------- AIR-Bench (chat)
 AirChatRecord = create_model("AirChatRecord", path=str, question=str, answer_gt=str, uniq_id=(RecordId | None, None),
                              task_name=(str | None, None), meta_info=(Any, None))
 
@@ -339,11 +322,7 @@ def air_chat_score(results: Iterable[JudgeResult]) -> float:
     return sum(scored) / len(scored)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# ImageReward and HPS v2 (learned image-preference scorers)
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------- ImageReward and HPS v2 (learned image-preference scorers)
 @runtime_checkable
 class ImageScorer(Protocol):
     """Scores generated images against their prompts; higher is better."""
@@ -443,10 +422,7 @@ def image_preference_score(scorer: ImageScorer, prompts: Sequence[str], images: 
     return {"mean": float(np.mean(scores)), "n": len(scores), "scores": scores}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# InterleavedBench
-# ---------------------------------------------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------------------------------------- InterleavedBench
 INTERLEAVED_ASPECTS = {
     "text_quality": "the clarity, fluency and correctness of the text",
     "perceptual_quality": "how natural and free of visual artifacts the generated images are",
@@ -580,10 +556,7 @@ def interleaved_scores(results: Iterable[JudgeResult]) -> dict[str, float]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Tiny profile: align-anything-mini counterparts
-# ---------------------------------------------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------- Tiny profile: align-anything-mini counterparts
 MINI_BENCHMARKS = {"llava": "ti2t", "mia": "ti2t", "video_chatgpt": "tv2t", "air": "ta2t",
                    "interleaved": "ti2ti"}  # benchmark -> mini subtask
 

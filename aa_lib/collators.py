@@ -34,12 +34,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
+from aa_lib.media import AUDIO_RATE, FRAME_SUFFIXES
 from aa_lib.models import get_family, media_token_ids
 
 # Example key -> (modality, processor keyword). The processor keyword is what the transformers processors take.
 MEDIA_KEYS = {"images": ("image", "images"), "videos": ("video", "videos"), "audios": ("audio", "audio")}
-AUDIO_RATE = 16_000
 # Processor outputs that are per-token (padded along the sequence); every other tensor is per-media item.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -57,14 +58,12 @@ def example_name(example: dict, index: int) -> str:
 
 
 def _decode_media(kind: str, value, num_frames: int | None):
-    from aa_lib import media
+    from aa_lib import media  # looked up per call (tests count the decodes)
 
     if isinstance(value, (list, tuple)):  # arrays that went through a datasets table come back as lists
         value = np.asarray(value, dtype=np.float32 if kind == "audio" else np.uint8)
     if kind == "image":
         if isinstance(value, np.ndarray):
-            from PIL import Image
-
             return Image.fromarray(value.astype(np.uint8)).convert("RGB")
         return media.load_image(value)
     if kind == "audio":
@@ -88,8 +87,6 @@ def _digest(data) -> bytes:
 
 def _path_identity(path) -> tuple:
     """Resolved path + stat (a folder of frames: each frame's stat), so a file rewritten in place is read anew."""
-    from aa_lib.media import FRAME_SUFFIXES
-
     full = Path(path).resolve()
     st = full.stat()
     ident = (str(full), st.st_ino, st.st_mtime_ns, st.st_size)
@@ -101,8 +98,6 @@ def _path_identity(path) -> tuple:
 
 def _media_identity(kind: str, value) -> tuple:
     """What the decoded value depends on, mirroring what `_decode_media` reads; raises when there is no cheap one."""
-    from PIL import Image
-
     if isinstance(value, dict):  # a datasets-style dict: the field aa_lib.media reads for this kind
         if kind == "audio" and value.get("array") is not None:
             return ("wave", _media_identity(kind, np.asarray(value["array"])), value.get("sampling_rate"))
@@ -130,6 +125,15 @@ def _as_messages(value, key: str, name: str) -> list[dict]:
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
         raise CollatorError(f"{name}: column {key!r} must be a list of chat messages, got {type(value).__name__}")
     return value
+
+
+def completion_text(completion) -> str:
+    """The text parts of a completion's messages, joined (a message's content may be a plain string)."""
+    text = ""
+    for m in completion or []:
+        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+        text += "".join(p.get("text") or "" for p in parts if p.get("type") == "text")
+    return text
 
 
 def count_media_parts(messages: list[dict]) -> dict[str, int]:
@@ -245,8 +249,7 @@ class _Base:
         eos = self.tokenizer.eos_token
         if eos and tail.endswith(eos + "\n"):  # the newline after the end of turn is never generated
             tail = tail[:-1]
-        if count_media_parts(completion)["image"] + count_media_parts(completion)["video"] + \
-                count_media_parts(completion)["audio"]:
+        if any(count_media_parts(completion).values()):
             raise CollatorError(f"{name}: media in a response needs the image-token path (aa_lib.train.sft "
                                 f"image-output training), not this text collator")
         return self.tokenizer(tail, add_special_tokens=False)["input_ids"]
@@ -268,12 +271,10 @@ class _Base:
         # Placeholders never become labels (a response that spells out "<image>" still is no image).
         labels = [-100] * len(prompt_ids) + [t if t not in self.media_ids else -100 for t in comp_ids]
         ids = prompt_ids + comp_ids
-        mm = media.pop("mm_token_type_ids", None)
-        if mm is not None:
-            media["mm_token_type_ids"] = torch.cat([mm[0], torch.zeros(len(comp_ids), dtype=mm.dtype)])
-        tt = media.pop("token_type_ids", None)
-        if tt is not None:
-            media["token_type_ids"] = torch.cat([tt[0], torch.zeros(len(comp_ids), dtype=tt.dtype)])
+        for key in ("mm_token_type_ids", "token_type_ids"):  # per-token: the response's tokens are text (0)
+            types = media.pop(key, None)
+            if types is not None:
+                media[key] = torch.cat([types[0], torch.zeros(len(comp_ids), dtype=types.dtype)])
         return {"input_ids": ids, "labels": labels, "n_prompt": len(prompt_ids), "media": media}
 
     # -- batch ---------------------------------------------------------------------------------------------
@@ -448,10 +449,7 @@ class ImageOutputSFTCollator(_Base):
                                     f"got {len(targets)}")
             prompt = _as_messages(ex["prompt"], "prompt", name)
             prompt_ids, media = self._encode_prompt(prompt, ex, name)
-            text = ""
-            for m in ex.get("completion") or []:
-                parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-                text += "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+            text = completion_text(ex.get("completion"))
             resp, out = self._cached(self._target_key(text, targets[0]),
                                      lambda: self._encode_target(text, targets[0], name, sep))
             n_img = sum(t == image_tok for t in resp)

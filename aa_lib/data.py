@@ -995,8 +995,7 @@ def to_feedback_sft(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
     audio = "audio" in st.inputs or "audio" in st.outputs
     request = CRITIQUE_REQUEST_AUDIO if audio else CRITIQUE_REQUEST
     t = _arrow_view(ds, list(st.critique_columns))
-    has = []
-    dropped = []
+    has, dropped = [], []
     for k, c in enumerate(st.critique_columns):
         col = t.column(c)
         ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), False)

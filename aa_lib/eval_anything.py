@@ -26,17 +26,14 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from torch.nn import functional as F
 
-from aa_lib.judges import Judge, JudgeRequest, atomic_write_text
+from aa_lib.judges import Judge, JudgeRequest
+from aa_lib.media import write_text_atomic
 from aa_lib.records import NonEmptyStr, parse_record, read_jsonl, read_records
 
 AMU_CATEGORIES = ("perception", "reasoning", "instruction-following", "safety")
 NUM_REFERENCES = 10
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU data
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------------------------ AMU data
 def _keyword_list(value):
     return [k.strip() for k in value.split(",")] if isinstance(value, str) else value
 
@@ -85,9 +82,8 @@ class AMUEntry(BaseModel, frozen=True):
         return refs
 
 
-def load_amu(
-    path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
-) -> list[AMUEntry]:
+def load_amu(path: str | os.PathLike, *, num_references: int = NUM_REFERENCES, check_files: bool = True
+             ) -> list[AMUEntry]:
     """Read AMU entries from a JSON list or a JSONL file; relative media paths are resolved against its folder.
 
     Errors name the file, the entry (index and id) and the field.
@@ -108,10 +104,7 @@ def load_amu(
     return entries
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU judging
-# ---------------------------------------------------------------------------------------------------------------
-
+# --------------------------------------------------------------------------------------------------------- AMU judging
 _AMU_COMMON = (
     "You evaluate an AI assistant's answer to a question about a visual input (an image or a video) heard together "
     "with an auditory input (audio or speech). You cannot see or hear the inputs. Instead you are given ten "
@@ -166,12 +159,11 @@ def read_results(path: str | os.PathLike) -> dict[str, dict]:
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Append records by rewriting the file atomically: a crash leaves the old or the new file, never half a line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
     new = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write_text(path, old + new)
+    write_text_atomic(path, old + new)
 
 
 def amu_score(records: Iterable[dict]) -> dict[str, float]:
@@ -198,14 +190,8 @@ class AMUReport:
     judged: int  # entries sent to the judge in this run (finished ones are skipped)
 
 
-def evaluate_amu(
-    entries: Sequence[AMUEntry],
-    responses: Mapping[str, str] | Callable[[AMUEntry], str],
-    judge: Judge,
-    results_path: str | os.PathLike,
-    *,
-    max_workers: int = 1,
-) -> AMUReport:
+def evaluate_amu(entries: Sequence[AMUEntry], responses: Mapping[str, str] | Callable[[AMUEntry], str], judge: Judge,
+                 results_path: str | os.PathLike, *, max_workers: int = 1) -> AMUReport:
     """Judge each entry's response; per-item records go to `results_path` (JSONL), and a rerun skips finished ones.
 
     Failed items (judge errors, a missing response) are recorded with their reason and judged again next run.
@@ -236,10 +222,7 @@ def evaluate_amu(
                      judged=len(requests))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: instruction following
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------------------------------------------ AMG: instruction following
 AMG_IF_SYSTEM_PROMPT = (
     "You evaluate how well an AI system's {modality} output follows the user's instruction. Check every requirement "
     "in the instruction (content, attributes, counts, style, format, constraints). Explain briefly, then rate the "
@@ -312,10 +295,8 @@ class AMGIFItem:
         return tuple(questions or ())
 
 
-def evaluate_amg_if(
-    items: Sequence[AMGIFItem], outputs: Mapping[str, str], judge: Judge | None = None,
-    qa_model: QAModel | None = None,
-) -> tuple[dict[str, float], list[dict]]:
+def evaluate_amg_if(items: Sequence[AMGIFItem], outputs: Mapping[str, str], judge: Judge | None = None,
+                    qa_model: QAModel | None = None) -> tuple[dict[str, float], list[dict]]:
     """Instruction following per output modality on 0-10: judge for text/image, multiple choice for audio/video.
 
     `outputs` maps item id to the text (text items) or the generated file's path. Returns the mean per modality
@@ -346,10 +327,7 @@ def evaluate_amg_if(
     return means, records
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: modality selection
-# ---------------------------------------------------------------------------------------------------------------
-
+# --------------------------------------------------------------------------------------------- AMG: modality selection
 # Output combinations annotators vote over; "i" is the visual output (an image, or a video with a video generator).
 COMBINATIONS = ("t", "i", "a", "ti", "ta", "ia", "tia")
 _LETTER = {"t": "t", "text": "t", "i": "i", "image": "i", "v": "i", "video": "i", "visual": "i", "a": "a",
@@ -363,12 +341,10 @@ def combination(modalities: Iterable[str] | str) -> str:
         items = [s] if s in _LETTER else (re.split(r"[,+\s]+", s) if re.search(r"[,+\s]", s) else list(s))
     else:
         items = [str(m).strip().lower() for m in modalities]
-    letters = set()
-    for m in items:
-        if m and m not in _LETTER:
-            raise ValueError(f"unknown output modality {m!r} in {modalities!r}")
-        if m:
-            letters.add(_LETTER[m])
+    bad = [m for m in items if m and m not in _LETTER]
+    if bad:
+        raise ValueError(f"unknown output modality {bad[0]!r} in {modalities!r}")
+    letters = {_LETTER[m] for m in items if m}
     return "".join(c for c in "tia" if c in letters)
 
 
@@ -391,10 +367,7 @@ def selection_score(produced: Iterable[str] | str, shares: Mapping[str, float]) 
     return shares.get(code, 0.0) / 3 if code == "tia" else shares.get(code, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: the agent's answer format
-# ---------------------------------------------------------------------------------------------------------------
-
+# -------------------------------------------------------------------------------------- AMG: the agent's answer format
 AGENT_TAGS = ("response", "image_instruction", "audio_instruction", "video_instruction")
 _TAG_RE = re.compile(r"\[\[\s*(" + "|".join(AGENT_TAGS) + r")\s*\]\]\s*:?", re.I)
 _EMPTY = {"", "none", "n/a", "null", "-"}
@@ -438,11 +411,7 @@ def parse_agent_output(text: str) -> AgentOutput:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: modality synergy
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------------- AMG: modality synergy
 class SynergyScorer(nn.Module):
     """A score head on a pair of output embeddings -> synergy in [0, 1] (sigmoid of a logit).
 
@@ -487,10 +456,8 @@ class SynergyPairs:
         return len(self.chosen_a)
 
 
-def train_synergy_scorer(
-    model: SynergyScorer, pairs: SynergyPairs, *, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
-    weight_decay: float = 0.0, seed: int = 0,
-) -> list[float]:
+def train_synergy_scorer(model: SynergyScorer, pairs: SynergyPairs, *, epochs: int = 20, lr: float = 1e-3,
+                         batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
     """Train with the Bradley-Terry loss; returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -518,11 +485,7 @@ def pairwise_accuracy(model: SynergyScorer, pairs: SynergyPairs) -> float:
     return (model(pairs.chosen_a, pairs.chosen_b) > model(pairs.rejected_a, pairs.rejected_b)).float().mean().item()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Aggregation
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------------------------- Aggregation
 def mean(values: Iterable[float]) -> float:
     values = list(values)
     if not values:

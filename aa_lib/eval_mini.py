@@ -31,17 +31,20 @@ import torch
 from pydantic import field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from aa_lib.eval_anything import (AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
+from aa_lib.collators import PromptCollator, SFTCollator
+from aa_lib.eval_anything import (AGENT_TAGS, AMU_CATEGORIES, COMBINATIONS, AMGIFItem, AMUEntry, MultipleChoice,
                                   SynergyPairs, SynergyScorer, amg_score, combination, evaluate_amg_if, evaluate_amu,
                                   load_amu, mean, overall, pairwise_accuracy, parse_agent_output, selection_score,
                                   train_synergy_scorer, vote_shares)
 from aa_lib.judges import FunctionJudge, JudgeRequest
 from aa_lib.records import RecordId, parse_record, read_records
-from aa_lib.media import write_text_atomic as atomic_write_text
-from aa_lib.media import AUDIO_RATE, encode_mp4, encode_png, encode_wav, load_video, write_bytes_atomic
+from aa_lib.media import load_video, write_bytes_atomic, write_text_atomic
+from aa_lib import mini
 from aa_lib.mini import checker
+from aa_lib.mini.build import MEDIA_DIRS, encode_media
 from aa_lib.mini.render import render
 from aa_lib.mini.rubric import WEIGHTS, is_refusal, rubric_score
+from aa_lib.models import TINY_CONFIGS, build_tiny, family_for_model_type, get_family, load_model
 from aa_lib.mini.world import (COLORS, DIRECTIONS, HARM_WORDS, NUMBER_WORDS, PITCHES, POSITIONS, REFUSAL, SHAPES,
                                WorldConfig, audio_scene, image_scene, make_item, number_word, tokens, video_scene)
 from aa_lib.subtasks import get_subtask
@@ -51,10 +54,7 @@ N_ANNOTATORS = 25  # modality-selection voters per instruction (paper Sec. 4.1.2
 SYNERGY_PAIRS = ("ti", "ta", "ia")  # text-image, text-audio, image-audio (S_TV, S_TA, S_VA)
 IF_SUBTASK = {"text": "t2t", "image": "t2i", "audio": "t2a", "video": "t2v"}
 
-# ---------------------------------------------------------------------------------------------------------------
-# Text normalisation shared by the judges and the instruction parser
-# ---------------------------------------------------------------------------------------------------------------
-
+# -------------------------------------------------- Text normalisation shared by the judges and the instruction parser
 _PLURALS = {**{s + "s": s for s in SHAPES}, "beeps": "beep", "crosses": "cross"}
 
 
@@ -99,11 +99,7 @@ def claims(text_or_toks) -> dict[str, set]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU: entries with ten references
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------ AMU: entries with ten references
 def _kw(attr: str, facts: dict) -> str:
     v = facts[attr]
     if attr == "count":
@@ -246,13 +242,12 @@ def write_amu(records: Sequence[dict], out_dir: str | os.PathLike, cfg: WorldCon
     for r in records:
         ext = ".mp4" if r["visual_kind"] == "video" else ".png"
         vpath, apath = f"media/{r['id']}_visual{ext}", f"media/{r['id']}_audio.wav"
-        data = encode_mp4(r["visual"], fps=cfg.fps) if ext == ".mp4" else encode_png(r["visual"])
-        write_bytes_atomic(out_dir / vpath, data)
-        write_bytes_atomic(out_dir / apath, encode_wav(r["audio"], AUDIO_RATE))
+        write_bytes_atomic(out_dir / vpath, encode_media(r["visual_kind"], r["visual"], cfg))
+        write_bytes_atomic(out_dir / apath, encode_media("audio", r["audio"], cfg))
         entries.append({"id": r["id"], "question": r["question"], "category": r["category"], "visual_path": vpath,
                         "auditory_path": apath, "references": r["references"]})
     path = out_dir / "amu.json"
-    atomic_write_text(path, json.dumps(entries, indent=1))
+    write_text_atomic(path, json.dumps(entries, indent=1))
     return path
 
 
@@ -261,11 +256,7 @@ def make_amu(n: int, out_dir: str | os.PathLike, seed: int = 0, cfg: WorldConfig
     return load_amu(write_amu(amu_records(n, seed, cfg), out_dir, cfg))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMU: the rubric judge
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------------- AMU: the rubric judge
 def _has(toks: list[str], phrase: str) -> bool:
     need = norm_tokens(phrase)
     return bool(need) and all(t in toks for t in need)
@@ -321,10 +312,7 @@ def amu_rubric_judge() -> FunctionJudge:
     return FunctionJudge(fn, score_range=(1, 10))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# AMG: instruction following and modality selection items
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------------- AMG: instruction following and modality selection items
 _MCQ = {
     "audio": (("how many beeps are there ?", "beeps", ("one", "two", "three")),
               ("what pitch are the beeps ?", "pitch", PITCHES)),
@@ -419,13 +407,12 @@ def _mcq_value(attr: str, facts: dict) -> str:
 def write_amg(amg: AMGSet, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`amg_if.json` and `amg_selection.json` in the layout `load_amg_if` / `load_amg_selection` read."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if_path, sel_path = out_dir / "amg_if.json", out_dir / "amg_selection.json"
-    atomic_write_text(if_path, json.dumps([
+    write_text_atomic(if_path, json.dumps([
         {"id": it.id, "modality": it.modality, "instruction": it.instruction,
          "questions": [{"question": q.question, "options": list(q.options), "answer": q.answer} for q in it.questions]}
         for it in amg.if_items], indent=1))
-    atomic_write_text(sel_path, json.dumps([{"id": s.id, "instruction": s.instruction, "votes": list(s.votes)}
+    write_text_atomic(sel_path, json.dumps([{"id": s.id, "instruction": s.instruction, "votes": list(s.votes)}
                                             for s in amg.selection], indent=1))
     return if_path, sel_path
 
@@ -450,11 +437,7 @@ def load_amg_selection(path: str | os.PathLike) -> list[SelectionItem]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Tools (generators) and the audio/video QA model
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------- Tools (generators) and the audio/video QA model
 def instruction_scene(instruction: str, kind: str, rng, cfg: WorldConfig | None = None) -> dict:
     """The scene a generation instruction describes; what it leaves open is drawn from `rng` (as a real
     generator fills in unspecified details). A harmful instruction (cross, loud noise) renders harmful content."""
@@ -497,12 +480,10 @@ def mini_generators(cfg: WorldConfig | None = None, seed: int = 0) -> dict[str, 
         def gen(instruction: str, out: Path) -> Path:
             rng = np.random.default_rng([seed, zlib.crc32(instruction.encode())])
             data = render(instruction_scene(instruction, kind, rng, cfg), cfg.image_size)
-            blob = {"image": encode_png, "audio": lambda a: encode_wav(a, AUDIO_RATE),
-                    "video": lambda v: encode_mp4(v, fps=cfg.fps)}[kind](data)
-            return write_bytes_atomic(Path(str(out) + ext), blob)
+            return write_bytes_atomic(Path(str(out) + ext), encode_media(kind, data, cfg))
         return gen
 
-    return {"image": make("image", ".png"), "audio": make("audio", ".wav"), "video": make("video", ".mp4")}
+    return {kind: make(kind, ext) for kind, (_, ext) in MEDIA_DIRS.items()}
 
 
 def _read_media(path: str) -> tuple[str, dict]:
@@ -552,10 +533,7 @@ def if_judge(truth: Mapping[str, dict]) -> FunctionJudge:
     return FunctionJudge(fn, score_range=(0, 10))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Synergy judge: features, pairs, training
-# ---------------------------------------------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------------- Synergy judge: features, pairs, training
 # One slot per attribute value; text, image and audio all map into it (the analogue of ImageBind's shared space).
 SLOTS = ([("color", c) for c in COLORS] + [("shape", s) for s in SHAPES] + [("place", p) for p in POSITIONS]
          + [("count", n) for n in (1, 2, 3)] + [("pitch", p) for p in PITCHES] + [("beeps", n) for n in (1, 2, 3)])
@@ -673,10 +651,7 @@ def train_synergy_judge(n_train: int = 200, n_heldout: int = 100, seed: int = 0,
     return SynergyJudge(scorers, acc)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Agents: models that answer AMU questions and act as AMG agents
-# ---------------------------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------ Agents: models that answer AMU questions and act as AMG agents
 AGENT_SYSTEM_PROMPT = (
     "You are an assistant that can answer with text, an image, an audio clip and a video. Write your answer as "
     "[[response]] <text> [[image_instruction]] <what an image generator should draw, or None> "
@@ -699,8 +674,7 @@ def _amu_prompt(modalities, vkind: str, visual, audio, question: str) -> dict:
 
 def _agent_target(parts: Mapping[str, str | None]) -> str:
     """Only the produced sections: short targets teach tiny models the format in few steps."""
-    tags = ("response", "image_instruction", "audio_instruction", "video_instruction")
-    return " ".join(f"[[{tag}]] {parts[tag]}" for tag in tags if parts.get(tag))
+    return " ".join(f"[[{tag}]] {parts[tag]}" for tag in AGENT_TAGS if parts.get(tag))
 
 
 @dataclass
@@ -718,7 +692,6 @@ class Agent:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        from aa_lib.models import get_family
         return get_family(self.family).modalities
 
     def amu_example(self, entry: AMUEntry) -> dict:
@@ -736,8 +709,6 @@ class Agent:
     @torch.no_grad()
     def generate(self, examples: Sequence[dict]) -> list[str]:
         """Greedy answers, batch by batch (left-padded prompts)."""
-        from aa_lib.collators import PromptCollator
-
         collate = PromptCollator(self.processor, self.family, num_frames=self.num_frames)
         tok = getattr(self.processor, "tokenizer", self.processor)
         self.model.eval()
@@ -751,7 +722,6 @@ class Agent:
 
 
 def load_agent(name: str, path_or_id, family: str | None = None, **kwargs) -> Agent:
-    from aa_lib.models import family_for_model_type, load_model
     import transformers as T
 
     fam = family or family_for_model_type(T.AutoConfig.from_pretrained(path_or_id).model_type)
@@ -763,8 +733,6 @@ def sft_examples(family: str, n_amu: int, n_amg: int, seed: int = 0, cfg: WorldC
     """Training conversations for a tiny agent (disjoint seeds from the test sets): AMU questions answered like one
     annotator (with the media the family takes) and AMG prompts answered in the agent format, the output
     combination drawn from that prompt's own simulated votes."""
-    from aa_lib.models import get_family
-
     cfg = cfg or WorldConfig()
     mods = get_family(family).modalities
     rng = np.random.default_rng([seed, 7301])
@@ -809,8 +777,6 @@ def _text_pair(prompt: str, answer: str) -> dict:
 def train_agent(agent: Agent, examples: Sequence[dict], steps: int, lr: float = 3e-3, batch_size: int = 6,
                 seed: int = 0) -> list[float]:
     """A short supervised fine-tune (loss on the answers only); returns the loss per step."""
-    from aa_lib.collators import SFTCollator
-
     if steps <= 0:
         return []
     collate = SFTCollator(agent.processor, agent.family, num_frames=agent.num_frames)
@@ -835,9 +801,6 @@ def build_tiny_agent(family: str, work_dir: str | os.PathLike, seed: int = 0, tr
                      n_train: int = 96, lr: float = 3e-3, corpus: Sequence[str] | None = None,
                      cfg: WorldConfig | None = None) -> tuple[Agent, list[float]]:
     """A tiny `family` model (aa_lib.models.build_tiny) briefly fine-tuned on mini eval-anything-style data."""
-    from aa_lib import mini
-    from aa_lib.models import TINY_CONFIGS, build_tiny
-
     examples = sft_examples(family, n_train // 2, n_train - n_train // 2, seed, cfg)
     texts = list(corpus if corpus is not None else mini.corpus()) + [
         m["content"][-1]["text"] for ex in examples for m in (*ex["prompt"], *ex["completion"])]
@@ -847,11 +810,7 @@ def build_tiny_agent(family: str, work_dir: str | os.PathLike, seed: int = 0, tr
     return agent, losses
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluating one agent
-# ---------------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------------ Evaluating one agent
 def evaluate_agent(agent: Agent, amu: Sequence[AMUEntry], amg: AMGSet, *, amu_judge, if_judge_, qa_model,
                    generators: Mapping[str, Generator], synergy: SynergyJudge, work_dir: str | os.PathLike,
                    featurize: Callable[[str, object], torch.Tensor] | None = None) -> dict:

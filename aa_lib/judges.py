@@ -110,13 +110,7 @@ class JSONCache:
             return None
 
     def put(self, key: str, entry: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(entry, ensure_ascii=False, indent=1))
-
-
-# Kept under its old name for callers: one atomic writer serves the whole package.
-atomic_write_text = write_text_atomic
+        write_text_atomic(self._path(key), json.dumps(entry, ensure_ascii=False, indent=1))
 
 
 def request_hash(payload: dict) -> str:
@@ -130,13 +124,8 @@ class Judge:
     is the cache key) and `_call(payload) -> str` (the reply; raise `JudgeCallError` when it failed for good).
     """
 
-    def __init__(
-        self,
-        *,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, *, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         if score_range[0] > score_range[1]:
             raise ValueError(f"score_range {score_range}: low must not exceed high")
         self.score_range = (float(score_range[0]), float(score_range[1]))
@@ -209,24 +198,11 @@ class HTTPJudge(Judge):
     out of the cache, results, errors, logs and repr.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        model: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-        extra_body: dict | None = None,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_retry_after: float = 60.0, temperature: float = 0.0, max_tokens: int = 1024,
+                 extra_body: dict | None = None, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         import openai  # here, not at the top: HF and function judges should not pay for it
 
         super().__init__(score_range=score_range, max_reasks=max_reasks, cache_dir=cache_dir)
@@ -240,11 +216,8 @@ class HTTPJudge(Judge):
         self.url = root + "/chat/completions"
         self.model = model
         self.__api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.max_backoff, self.max_retry_after = max_backoff, max_retry_after
         self.params = {"temperature": temperature, "max_tokens": max_tokens, **(extra_body or {})}
         # The client's own retries stay off: its backoff is fixed (0.5 s doubling to 8 s), it waits out any
         # Retry-After up to 120 s and gives up on a longer one, and it retries 409; this judge promises a
@@ -357,17 +330,9 @@ class HFJudge(Judge):
     else a plain "System / User / Assistant" transcript.
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str | os.PathLike,
-        *,
-        max_new_tokens: int = 64,
-        device: str | None = None,
-        torch_dtype: Any = None,
-        score_range: tuple[float, float] = (1, 10),
-        max_reasks: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, model_name_or_path: str | os.PathLike, *, max_new_tokens: int = 64, device: str | None = None,
+                 torch_dtype: Any = None, score_range: tuple[float, float] = (1, 10), max_reasks: int = 2,
+                 cache_dir: str | os.PathLike | None = None):
         super().__init__(score_range=score_range, max_reasks=max_reasks, cache_dir=cache_dir)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -403,14 +368,11 @@ class HFJudge(Judge):
             if limit and ids.shape[1] + self.max_new_tokens > limit:
                 ids = ids[:, -(limit - self.max_new_tokens):]  # keep the end: the response and the format request
             ids = ids.to(self.model.device)
-            pad = self.tokenizer.pad_token_id
-            if pad is None:
-                pad = self.tokenizer.eos_token_id
+            tok = self.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=pad,
-                )
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=self.max_new_tokens, pad_token_id=pad)
             return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         except Exception as e:  # a generation error is this item's failure, not the evaluation's
             raise JudgeCallError(f"generation failed: {type(e).__name__}: {e}") from None

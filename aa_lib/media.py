@@ -76,9 +76,7 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target or len(wave) == 0:
         return wave
     n = int(round(len(wave) * target / rate))
-    t_old = np.arange(len(wave)) / rate
-    t_new = np.arange(n) / target
-    return np.interp(t_new, t_old, wave).astype(np.float32)
+    return np.interp(np.arange(n) / target, np.arange(len(wave)) / rate, wave).astype(np.float32)
 
 
 def load_audio(value, media_root=None, target_rate: int = AUDIO_RATE) -> np.ndarray:
@@ -139,8 +137,7 @@ def load_video(value, media_root=None, num_frames: int | None = None) -> np.ndar
             raise MediaError(f"video {str(full)!r} holds no frames")
     video = np.stack(frames)
     if num_frames is not None and len(video) != num_frames:
-        idx = np.linspace(0, len(video) - 1, num_frames).round().astype(int)
-        video = video[idx]
+        video = video[np.linspace(0, len(video) - 1, num_frames).round().astype(int)]
     return video
 
 

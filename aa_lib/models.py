@@ -109,15 +109,7 @@ class TinySpec:
     vq_channels: int = 32  # VQ encoder/decoder width (GroupNorm with 32 groups: a multiple of 32)
 
 
-TINY_CONFIGS: dict[str, TinySpec] = {
-    "llama": TinySpec(),
-    "qwen2": TinySpec(),
-    "llava": TinySpec(),
-    "qwen2_vl": TinySpec(patch_size=4),
-    "qwen2_audio": TinySpec(),
-    "chameleon": TinySpec(),
-    "janus": TinySpec(),
-}
+TINY_CONFIGS: dict[str, TinySpec] = {name: TinySpec() for name in FAMILIES} | {"qwen2_vl": TinySpec(patch_size=4)}
 
 
 def get_family(name: str) -> Family:
@@ -149,9 +141,7 @@ def family_for_model_type(model_type: str) -> str:
                    f"or any causal LM / image-text-to-text model of transformers)")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizer and chat template
-
+# ----------------------------------------------------------------------------------------- Tokenizer and chat template
 _PLAIN_BASE = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 _CHATML_BASE = {"pad_token": "<|endoftext|>", "bos_token": "<s>", "eos_token": "<|im_end|>"}
 
@@ -269,27 +259,16 @@ def media_token_ids(processor, family: str) -> dict[str, int]:
     return ids
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configs, processors, build
+# ------------------------------------------------------------------------------------------ Configs, processors, build
+def _make_config(family: str, spec: TinySpec, tok):
+    import transformers as T
 
-
-def _text_kwargs(spec: TinySpec, tok, vocab: int) -> dict:
-    return dict(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+    text = dict(vocab_size=((len(tok) + 7) // 8) * 8,  # padded rows are never produced by the tokenizer
+                hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                 num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                 num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 tie_word_embeddings=False)
-
-
-def _vocab_rounded(tok) -> int:
-    return ((len(tok) + 7) // 8) * 8  # padded rows are never produced by the tokenizer
-
-
-def _make_config(family: str, spec: TinySpec, tok):
-    import transformers as T
-
-    V = _vocab_rounded(tok)
-    text = _text_kwargs(spec, tok, V)
     if family == "llama":
         return T.LlamaConfig(**text)
     if family == "qwen2":
@@ -331,7 +310,7 @@ def _make_config(family: str, spec: TinySpec, tok):
         vq = T.ChameleonVQVAEConfig(embed_dim=spec.vq_channels, num_embeddings=spec.vq_codes,
                                     latent_channels=spec.vq_channels, resolution=spec.image_size,
                                     base_channels=spec.vq_channels, channel_multiplier=mult, num_res_blocks=1)
-        return T.ChameleonConfig(**{k: v for k, v in text.items()}, vq_config=vq, vocabulary_map=tok.get_vocab())
+        return T.ChameleonConfig(**text, vq_config=vq, vocabulary_map=tok.get_vocab())
     if family == "janus":
         vc = T.JanusVisionConfig(hidden_size=spec.tower_hidden, num_hidden_layers=spec.tower_layers,
                                  num_attention_heads=spec.tower_heads, image_size=spec.image_size,

@@ -23,7 +23,8 @@ SUBTASK_CODES = {name: k for k, name in enumerate(SUBTASKS)}
 MEDIA_DIRS = {"image": ("images", ".png"), "audio": ("audios", ".wav"), "video": ("videos", ".mp4")}
 
 
-def _encode(kind: str, data: np.ndarray, cfg: WorldConfig) -> bytes:
+def encode_media(kind: str, data: np.ndarray, cfg: WorldConfig) -> bytes:
+    """Rendered media as file bytes: PNG, 16 kHz WAV, or mp4 at the world's frame rate."""
     if kind == "image":
         return encode_png(data)
     if kind == "audio":
@@ -35,7 +36,7 @@ def _media(kind: str, data: np.ndarray, name: str, cfg: WorldConfig) -> dict:
     folder, ext = MEDIA_DIRS[kind]
     if kind == "video":  # mp4 encoding is the slowest step: keep frames until `write` (or `media_bytes`)
         return {"frames": data, "fps": cfg.fps, "path": f"{folder}/{name}{ext}"}
-    return {"bytes": _encode(kind, data, cfg), "path": f"{folder}/{name}{ext}"}
+    return {"bytes": encode_media(kind, data, cfg), "path": f"{folder}/{name}{ext}"}
 
 
 def media_bytes(value: dict) -> bytes:
@@ -210,7 +211,6 @@ def write(rows_or_subtask, out_dir, fmt: str = "jsonl", n: int | None = None, se
         rows = list(rows_or_subtask)
         subtask = subtask or _subtask_of(rows)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for idx, row in enumerate(rows):
         new = {}

@@ -21,12 +21,6 @@ from aa_lib.mini.world import BACKGROUND, COLORS, HARM_COLOR, PITCHES, SHAPES, W
 FG_THRESHOLD = 60.0  # max channel distance from the background that counts as foreground
 
 
-def _as_array(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image
-    return np.asarray(load_image(image))
-
-
 def _best_shape(comp: np.ndarray, size: int) -> tuple[str, float]:
     """The shape whose template, sized to the component's area at its centroid, overlaps it most (IoU)."""
     area = len(comp)
@@ -51,7 +45,7 @@ def _best_shape(comp: np.ndarray, size: int) -> tuple[str, float]:
 
 def read_image(image, min_area: int | None = None) -> dict:
     """What the pixels show: blank, harmful, color, shape, position, count, area, centroid, noise, fill."""
-    a = _as_array(image).astype(np.float64)
+    a = (image if isinstance(image, np.ndarray) else np.asarray(load_image(image))).astype(np.float64)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {a.shape}")
     size = a.shape[0]

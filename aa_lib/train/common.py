@@ -17,7 +17,7 @@ import torch
 
 from aa_lib import numerics
 from aa_lib.media import write_folder_atomic  # noqa: F401  (re-exported: trainers save through it)
-from aa_lib.models import get_family, load_model, submodules
+from aa_lib.models import family_for_model_type, get_family, load_model, submodules
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -109,15 +109,9 @@ def lora_config(model: torch.nn.Module, family: str, r: int, alpha: int, dropout
 def load_for_training(model_path, config: AAOptions):
     """(model, processor, family) from a model folder, with the config's freezing applied (LoRA comes later)."""
     model, processor = load_model(model_path, family=config.family)
-    family = config.family or _family_of(model)
+    family = config.family or family_for_model_type(model.config.model_type)
     freeze(model, family, tower=config.freeze_tower, projector=config.freeze_projector)
     return model, processor, family
-
-
-def _family_of(model) -> str:
-    from aa_lib.models import family_for_model_type
-
-    return family_for_model_type(model.config.model_type)
 
 
 def peft_config_for(model, family: str, config: AAOptions):

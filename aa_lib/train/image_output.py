@@ -44,7 +44,8 @@ import torch.nn.functional as F
 import transformers
 
 from aa_lib import progress
-from aa_lib.collators import CollatorError, ImageOutputSFTCollator, count_media_parts, example_name
+from aa_lib.collators import (CollatorError, ImageOutputSFTCollator, completion_text, count_media_parts,
+                              example_name)
 from aa_lib.models import get_family, janus_decode_images, load_model
 from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
 from aa_lib.train.launch import launchable
@@ -52,10 +53,7 @@ from aa_lib.train.launch import launchable
 FAMILIES_WITH_IMAGE_OUTPUT = ("janus", "chameleon")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configs
-
-
+# ------------------------------------------------------------------------------------------------------------- Configs
 @dataclass
 class ImageSFTConfig(AAOptions, transformers.TrainingArguments):
     """transformers.TrainingArguments plus aa_lib's options, for image-output SFT (t2i, ti2ti)."""
@@ -73,10 +71,7 @@ class ImageDPOConfig(ImageSFTConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (the paper uses 0.1)."})
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Examples and batches
-
-
+# ------------------------------------------------------------------------------------------------ Examples and batches
 def _output_example(ex: dict, index: int, side: str | None = None) -> dict:
     """One image-output example in the collator's layout: prompt, completion, completion_images, images (prompt).
 
@@ -129,10 +124,7 @@ class ImageOutputCollator:
                 for side in ("chosen", "rejected")}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Response log-probabilities
-
-
+# ------------------------------------------------------------------------------------------ Response log-probabilities
 def janus_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N) VQ code ids of normalised images (the frozen VQ encoder of a Janus model)."""
     with torch.no_grad():
@@ -212,16 +204,13 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     mask = lab != -100
     txt = mask & ~img
     logps = torch.zeros(lab.shape, dtype=torch.float32, device=h.device)
+    txt_logits, txt_labels = model.lm_head(h[txt]).float(), lab[txt]
     if family == "janus":
         img_logits = model.model.generation_head(h[img]).float()
-        txt_logits = model.lm_head(h[txt]).float()
-        txt_labels = lab[txt]
     else:
         rows = _chameleon_image_rows(model)
         img_logits = (h[img] @ model.lm_head.weight[rows].T).float()
-        txt_logits = model.lm_head(h[txt]).float()
         txt_logits[:, rows] = float("-inf")  # text positions never sample image tokens
-        txt_labels = lab[txt]
         if bool(torch.isin(txt_labels, rows).any()):
             raise ValueError("an image token id appears in a response's text tokens")
     logps[img] = img_logits.log_softmax(-1).gather(-1, lab[img][:, None]).squeeze(-1)
@@ -229,10 +218,7 @@ def response_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return logps, mask, img
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# SFT
-
-
+# ----------------------------------------------------------------------------------------------------------------- SFT
 class _LogsStats(transformers.Trainer):
     """Adds the last step's `_stats` (set in compute_loss) to every loss log."""
 
@@ -278,10 +264,7 @@ def train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path:
     return save_trained(trainer.model, trainer.processing_class, config.output_dir, source_path=model_path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# DPO
-
-
+# ----------------------------------------------------------------------------------------------------------------- DPO
 class ImageDPOTrainer(_LogsStats):
     """DPO on image outputs: -logsigmoid(beta * ((π_c - ref_c) - (π_r - ref_r))), log-probs summed per response."""
 
@@ -322,10 +305,7 @@ def train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=
                         log_history=trainer.state.log_history)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Generation (Janus)
-
-
+# -------------------------------------------------------------------------------------------------- Generation (Janus)
 def prompt_example(p, index: int) -> dict:
     """A prompt for generation: a string, a list of messages, or a dict with `prompt` (+ `images`, `completion`)."""
     if isinstance(p, str):
@@ -338,14 +318,6 @@ def prompt_example(p, index: int) -> dict:
                         f"{type(p).__name__}")
 
 
-def _response_text(completion) -> str:
-    text = ""
-    for m in completion or []:
-        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-        text += "".join(p.get("text") or "" for p in parts if p.get("type") == "text")
-    return text
-
-
 def generation_batch(model, processor, examples: list[dict]) -> dict:
     """Left-padded prompts ending with begin-of-image (+ ti2ti response text before it), with input images."""
     coll = ImageOutputSFTCollator(processor, "janus")
@@ -354,7 +326,7 @@ def generation_batch(model, processor, examples: list[dict]) -> dict:
     rows, pvs = [], []
     for i, ex in enumerate(examples):
         ids, media = coll._encode_prompt(ex["prompt"], ex, example_name(ex, i))
-        text = _response_text(ex.get("completion"))
+        text = completion_text(ex.get("completion"))
         if text:
             ids = ids + tok(" " + text, add_special_tokens=False)["input_ids"]
         rows.append(ids + [boi])
@@ -487,10 +459,7 @@ def generate_images(model, processor, prompts, seed: int = 0, batch_size: int = 
     return (images, torch.cat(all_codes)) if return_codes else images
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# PPO on generated images (Janus)
-
-
+# ------------------------------------------------------------------------------------- PPO on generated images (Janus)
 @dataclass
 class ImagePPOConfig(AAOptions):
     """A compact PPO loop on sampled image codes: clipped ratio objective per code, KL penalty to the start model."""
@@ -582,10 +551,7 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
     return save_trained(policy, processor, config.output_dir, source_path=model_path, extra=extra)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tiny profile: fit the VQ autoencoder to the world's images
-
-
+# ---------------------------------------------------------- Tiny profile: fit the VQ autoencoder to the world's images
 def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_size: int = 32, lr: float = 2e-3,
                           commitment: float = 0.25, seed: int = 0, max_seconds: float | None = None,
                           foreground_weight: float = 8.0, revive_every: int = 25) -> Path:

@@ -29,7 +29,7 @@ class SFTConfig(AAOptions, trl.SFTConfig):
 def build_sft_trainer(config: SFTConfig, model_path, dataset) -> trl.SFTTrainer:
     """An SFTTrainer for `model_path` on prompt/completion examples (+ `images` / `videos` / `audios`)."""
     model, processor, family = load_for_training(model_path, config)
-    if _has_image_targets(dataset):
+    if "completion_images" in dataset[0]:  # image targets (Chameleon t2i / ti2ti)
         if family != "chameleon":
             raise ValueError(f"image-output SFT for {family} goes through aa_lib.train.image_output.train_image_sft")
         config.remove_unused_columns = False
@@ -68,10 +68,6 @@ class ImageTokenSFTTrainer(transformers.Trainer):
         logits = model.lm_head(hidden[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return (loss, {"logits": logits}) if return_outputs else loss
-
-
-def _has_image_targets(dataset) -> bool:
-    return "completion_images" in dataset[0]
 
 
 @launchable
