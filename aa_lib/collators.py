@@ -29,14 +29,14 @@ import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from aa_lib.media import AUDIO_RATE, FRAME_SUFFIXES
+from aa_lib import media
+from aa_lib.media import AUDIO_RATE
 from aa_lib.models import get_family, media_token_ids
 
 # Example key -> (modality, processor keyword). The processor keyword is what the transformers processors take.
@@ -58,8 +58,6 @@ def example_name(example: dict, index: int) -> str:
 
 
 def _decode_media(kind: str, value, num_frames: int | None):
-    from aa_lib import media  # looked up per call (tests count the decodes)
-
     if isinstance(value, (list, tuple)):  # arrays that went through a datasets table come back as lists
         value = np.asarray(value, dtype=np.float32 if kind == "audio" else np.uint8)
     if kind == "image":
@@ -85,17 +83,6 @@ def _digest(data) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _path_identity(path) -> tuple:
-    """Resolved path + stat (a folder of frames: each frame's stat), so a file rewritten in place is read anew."""
-    full = Path(path).resolve()
-    st = full.stat()
-    ident = (str(full), st.st_ino, st.st_mtime_ns, st.st_size)
-    if full.is_dir():
-        frames = [f for f in sorted(full.iterdir()) if f.suffix.lower() in FRAME_SUFFIXES]
-        ident += tuple((f.name, st.st_mtime_ns, st.st_size) for f, st in zip(frames, map(Path.stat, frames)))
-    return ident
-
-
 def _media_identity(kind: str, value) -> tuple:
     """What the decoded value depends on, mirroring what `_decode_media` reads; raises when there is no cheap one."""
     if isinstance(value, dict):  # a datasets-style dict: the field aa_lib.media reads for this kind
@@ -105,7 +92,7 @@ def _media_identity(kind: str, value) -> tuple:
     if isinstance(value, (bytes, bytearray)):
         return ("bytes", _digest(value))
     if isinstance(value, (str, os.PathLike)):
-        return ("path",) + _path_identity(value)
+        return ("path",) + media.file_identity(value)
     if isinstance(value, Image.Image):
         return ("pil", value.mode, value.size, _digest(value.tobytes()))
     if isinstance(value, (list, tuple)):  # as _decode_media converts them

@@ -224,6 +224,31 @@ def test_memo_is_bounded(loaded, media_files):
     assert len(small._memo) == 1 and 0 < small._memo_bytes <= small.cache_megabytes * 2 ** 20
 
 
+def test_a_video_file_is_decoded_once_across_calls(tmp_path, monkeypatch):
+    import av
+
+    rng = np.random.RandomState(2)
+    path = media.write_bytes_atomic(tmp_path / "clip.mp4", media.encode_mp4((rng.rand(5, 32, 32, 3) * 255).astype(
+        np.uint8)))
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda f, *a, **kw: (opens.append(f) if isinstance(f, str) else None) or
+                        real_open(f, *a, **kw))  # reads only (encode_mp4 writes to a buffer)
+    first = media.load_video(str(path), num_frames=4)
+    second = media.load_video(str(path), num_frames=4)  # another call (another collator): no second decode
+    assert len(opens) == 1 and first.shape == (4, 32, 32, 3) and np.array_equal(first, second)
+    second[:] = 0  # a caller writing into its copy leaves the cached frames alone
+    assert np.array_equal(media.load_video(str(path), num_frames=4), first) and len(opens) == 1
+    assert len(media.load_video(str(path))) == 5 and len(opens) == 2  # another frame count: another decode
+    media.write_bytes_atomic(path, media.encode_mp4(np.zeros((5, 32, 32, 3), np.uint8)))  # replaced: read anew
+    assert not np.array_equal(media.load_video(str(path), num_frames=4), first) and len(opens) == 3
+    monkeypatch.setattr(media, "VIDEO_CACHE_BYTES", 8 * first.nbytes - 1)  # too big to keep: decoded every time
+    other = media.write_bytes_atomic(tmp_path / "other.mp4", media.encode_mp4(
+        (rng.rand(4, 32, 32, 3) * 255).astype(np.uint8)))
+    media.load_video(str(other)), media.load_video(str(other))
+    assert len(opens) == 5
+
+
 def test_file_rewritten_in_place_is_decoded_anew(loaded, tmp_path, monkeypatch):
     _, proc = loaded("qwen2_vl")
     rng = np.random.RandomState(1)
