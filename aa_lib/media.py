@@ -119,7 +119,7 @@ def encode_wav(wave: np.ndarray, rate: int = AUDIO_RATE) -> bytes:
 # collator (whose memo lives as long as it does), so without this the same held-out video is opened and decoded once
 # per call: ~13 ms with PyAV for a tiny mp4, 30 % of a tv2t llf_main run (5,668 decodes of ~560 files). Callers get a
 # copy; a file rewritten in place (new inode, size or mtime) is read anew.
-VIDEO_CACHE_BYTES = 256 * 2 ** 20
+VIDEO_CACHE_BYTES = 256 * 2 ** 20  # 0 turns the cache off
 _videos: OrderedDict = OrderedDict()
 _videos_lock = threading.Lock()
 
@@ -136,11 +136,10 @@ def file_identity(path: str | os.PathLike) -> tuple:
 
 
 def _remember_video(key: tuple, video: np.ndarray) -> None:
-    if video.nbytes > VIDEO_CACHE_BYTES // 8:  # a long real video: not worth evicting everything else for
-        return
     with _videos_lock:
-        _videos[key] = video
-        while sum(v.nbytes for v in _videos.values()) > VIDEO_CACHE_BYTES:
+        if video.nbytes <= VIDEO_CACHE_BYTES // 8:  # a long real video: not worth evicting everything else for
+            _videos[key] = video
+        while _videos and sum(v.nbytes for v in _videos.values()) > VIDEO_CACHE_BYTES:
             _videos.popitem(last=False)
 
 
@@ -153,7 +152,7 @@ def load_video(value, media_root=None, num_frames: int | None = None) -> np.ndar
     full = _existing(value, media_root)
     key = (file_identity(full), num_frames)
     with _videos_lock:
-        if key in _videos:
+        if key in _videos and VIDEO_CACHE_BYTES > 0:
             _videos.move_to_end(key)
             return _videos[key].copy()
     video = _decode_video(full)

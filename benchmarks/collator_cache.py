@@ -1,12 +1,16 @@
-"""Collating the same rows for several epochs with the collators' encoding memo on and off (`cache_size`), in one run.
+"""Collating the same rows for several epochs with the collators' encoding memo on and off (`cache_size`), in one run;
+and with `aa_lib.media`'s decoded-video cache on and off when every epoch gets a fresh collator.
 
     .venv/bin/python benchmarks/collator_cache.py [--rows 16] [--epochs 3] [--batch-size 4] [--threads 1]
 
 Two cases, each on a tiny model and align-anything-mini rows read through `datasets` as a trainer's loader reads
 them (a fresh dict per row and epoch): TV2T preference pairs through `PairCollator` (qwen2_vl, the DPO collator:
 each prompt is encoded for the chosen and the rejected row, the mp4 decoded by PyAV), and T2I SFT rows through
-`ImageOutputCollator` (janus: the prompt and the target image each go through the processor). The timed part is the
-collator calls only; both settings must give identical batches, which is checked.
+`ImageOutputCollator` (janus: the prompt and the target image each go through the processor). "Off" turns the video
+cache off too, so every mp4 is decoded. A third case gives each TV2T epoch its own collator (memo on), as each
+generation, training and scoring call of an experiment builds its own, with the video cache off and on (`media.
+VIDEO_CACHE_BYTES`). The timed part is the collator calls only; every setting must give identical batches, which
+is checked.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import aa_lib  # noqa: E402,F401  (before torch: pins the CPU numerics, aa_lib.n
 
 import torch  # noqa: E402
 
-from aa_lib import data, mini  # noqa: E402
+from aa_lib import data, media, mini  # noqa: E402
 from aa_lib.collators import PairCollator  # noqa: E402
 from aa_lib.models import build_tiny, load_model  # noqa: E402
 from aa_lib.train.image_output import ImageOutputCollator  # noqa: E402
@@ -47,14 +51,46 @@ def collate_epochs(collate, ds, epochs: int, batch_size: int) -> tuple[float, li
     return seconds, batches
 
 
-def run_case(label: str, ds, make_collator, epochs: int, batch_size: int) -> None:
-    make_collator(2048)([ds[0]])  # warm-up: first processor calls, lazy imports
-    t_off, off = collate_epochs(make_collator(0), ds, epochs, batch_size)
-    t_on, on = collate_epochs(make_collator(2048), ds, epochs, batch_size)
-    for a, b in zip(off, on):
+def assert_same(label: str, batches: list[dict], want: list[dict]) -> None:
+    for a, b in zip(batches, want, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{label}: batches differ"
+
+
+def with_video_cache(nbytes: int, fn):
+    """fn() with `media.VIDEO_CACHE_BYTES` set to `nbytes` (0: off)."""
+    kept = media.VIDEO_CACHE_BYTES
+    media.VIDEO_CACHE_BYTES = nbytes
+    try:
+        return fn()
+    finally:
+        media.VIDEO_CACHE_BYTES = kept
+
+
+def run_case(label: str, ds, make_collator, epochs: int, batch_size: int) -> list[dict]:
+    with_video_cache(0, lambda: make_collator(2048)([ds[0]]))  # warm-up: first processor calls, lazy imports
+    t_off, off = with_video_cache(0, lambda: collate_epochs(make_collator(0), ds, epochs, batch_size))
+    t_on, on = collate_epochs(make_collator(2048), ds, epochs, batch_size)
+    assert_same(label, on, off)
     print(f"{label}: {len(ds)} rows x {epochs} epochs, batch {batch_size}: cache off {t_off:6.2f} s, "
           f"on {t_on:6.2f} s, off/on {t_off / t_on:.2f}x")
+    return off
+
+
+def run_fresh_collators(label: str, ds, make_collator, epochs: int, batch_size: int, want: list[dict]) -> None:
+    """Each epoch through a new collator (memo on), the video cache off then on; the cache starts empty."""
+    def epochs_apart():
+        seconds, batches = 0.0, []
+        for _ in range(epochs):
+            t, b = collate_epochs(make_collator(2048), ds, 1, batch_size)
+            seconds, batches = seconds + t, batches + b
+        return seconds, batches
+
+    t_off, off = with_video_cache(0, epochs_apart)  # at 0 the first decode also empties the cache
+    t_on, on = epochs_apart()
+    assert_same(label, off, want)
+    assert_same(label, on, want)
+    print(f"{label}, a fresh collator per epoch: video cache off {t_off:6.2f} s, on {t_on:6.2f} s, "
+          f"off/on {t_off / t_on:.2f}x")
 
 
 def main():
@@ -85,7 +121,8 @@ def main():
             coll.inner.cache_size = cache_size
             return coll
 
-        run_case("tv2t PairCollator (qwen2_vl)", tv2t, pair_collator, args.epochs, args.batch_size)
+        want = run_case("tv2t PairCollator (qwen2_vl)", tv2t, pair_collator, args.epochs, args.batch_size)
+        run_fresh_collators("tv2t PairCollator (qwen2_vl)", tv2t, pair_collator, args.epochs, args.batch_size, want)
         run_case("t2i ImageOutputCollator (janus)", t2i, image_collator, args.epochs, args.batch_size)
 
 

@@ -247,6 +247,9 @@ def test_a_video_file_is_decoded_once_across_calls(tmp_path, monkeypatch):
         (rng.rand(4, 32, 32, 3) * 255).astype(np.uint8)))
     media.load_video(str(other)), media.load_video(str(other))
     assert len(opens) == 5
+    monkeypatch.setattr(media, "VIDEO_CACHE_BYTES", 0)  # off: what it held is not served either
+    media.load_video(str(path), num_frames=4)
+    assert len(opens) == 6
 
 
 def test_file_rewritten_in_place_is_decoded_anew(loaded, tmp_path, monkeypatch):
