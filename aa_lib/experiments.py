@@ -88,6 +88,10 @@ class Sizes:
         "help": "Learning rate of DPO on synthesized pairs (None: `dpo_lr`)."})
     dpo_lr_grid: tuple = field(default=(5e-5, 2e-4), metadata={
         "help": "DPO learning rates `lr_selection` tries on the validation split (empty: no selection)."})
+    dpo_steps_grid: tuple = field(default=(), metadata={
+        "help": "Longer DPO runs (optimizer steps) `lr_selection` tries at the chosen rate (empty: `dpo_steps`)."})
+    dpo_llf_steps: int | None = field(default=None, metadata={
+        "help": "Optimizer steps of DPO on synthesized pairs (None: `dpo_steps`, or `lr_selection`'s choice)."})
     n_validation: int = field(default=200, metadata={
         "help": "Validation prompts of `lr_selection` (mini train rows of `VALIDATION_SEED`, never held-out)."})
     reward_steps: int = field(default=8, metadata={"help": "Optimizer steps of a reward model."})
@@ -96,6 +100,8 @@ class Sizes:
         "help": "Learning rate of PPO's policy (None: the preset's, or the one `lr_selection` chose)."})
     ppo_lr_grid: tuple = field(default=(), metadata={
         "help": "PPO learning rates `lr_selection` tries on the validation split (empty: no selection)."})
+    ppo_episodes_grid: tuple = field(default=(), metadata={
+        "help": "Longer PPO runs (rollouts) `lr_selection` tries at the chosen rate (empty: `ppo_episodes`)."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step (SFT, feedback, DPO, RM)."})
     max_new_tokens: int = field(default=24, metadata={"help": "Longest response (policy; ti2ti: its text) in tokens."})
     critique_tokens: int = field(default=40, metadata={"help": "Longest critique (feedback model) in tokens."})
@@ -146,16 +152,18 @@ class Sizes:
 # Statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds); image policies
 # 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate (no
 # validation sweep: more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates at
-# batch 8) instead of 16 (2, the first at warm-up lr 0).
+# batch 8) instead of 16 (2, the first at warm-up lr 0). The text subtasks' lengths are chosen on the validation split
+# too: `lr_selection` tries 16 DPO steps and 96 PPO rollouts at the best rate beside the 8 and 48 of every rate.
 TEXT_POLICY = dict(refine_share=0.0, sft_steps=300, reading_steps=1200, reading_lr=1e-3, reading_media_drop=1.0,
                    reading_samples=1, critic_rows=2000, critic_steps=300, critique_tokens=64, n_probe_prompts=100,
-                   ppo_lr_grid=(1e-4, 3e-4, 1e-3))
+                   ppo_lr_grid=(1e-4, 3e-4, 1e-3), dpo_steps_grid=(16,), ppo_episodes_grid=(96,))
 SIZES = {
     ("text", False): dict(n_heldout=300, ppo_episodes=48, **TEXT_POLICY),
     ("text", True): dict(n_sft=16, n_align=12, n_heldout=6, n_validation=4, sft_steps=2, feedback_steps=2,
                          dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=4, max_new_tokens=6,
                          critique_tokens=8, gen_batch_size=8, refine_share=0.0, reading_steps=2, reading_samples=1,
-                         reading_media_drop=0.5, critic_rows=8, critic_steps=2, ppo_lr_grid=(1e-4, 1e-3)),
+                         reading_media_drop=0.5, critic_rows=8, critic_steps=2, ppo_lr_grid=(1e-4, 1e-3),
+                         dpo_steps_grid=(2,), ppo_episodes_grid=(8,)),
     ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=(),
                            critic_rows=400, critic_steps=100),
     ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
@@ -245,15 +253,22 @@ def validation_split(subtask: str, sizes: Sizes, root=".cache/mini") -> tuple:
     return ds.select(range(sizes.n_align)), HeldOut.of_rows(ds.select(range(sizes.n_align, len(ds))))
 
 
+SELECTED = ("dpo_lr", "dpo_llf_lr", "ppo_lr", "dpo_steps", "dpo_llf_steps", "ppo_episodes")  # what lr_selection sets
+
+
 def lr_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> dict:
-    """The DPO and PPO learning rates, chosen on the validation split, never on held-out prompts: DPO of the initial
-    policy at each rate of `sizes.dpo_lr_grid` on the validation rows' binary pairs (-> `dpo_lr`: DPO, DPO shuffled)
-    and on pairs synthesized from them with the oracle critic (-> `dpo_llf_lr`: every arm on synthesized pairs); PPO
-    at each rate of `sizes.ppo_lr_grid` with a reward model on the validation rows' pairs (-> `ppo_lr`: PPO and
-    PPO+LLF); each scored on the validation prompts, the best mean score wins. Returns the sweeps and the choices
-    (the sizes' own when a grid is empty, and at profile paper, where the presets decide)."""
-    own = {"dpo_lr": sizes.dpo_lr, "dpo_llf_lr": sizes.dpo_llf_lr, "ppo_lr": sizes.ppo_lr}
-    if profile != "tiny" or not (sizes.dpo_lr_grid or sizes.ppo_lr_grid):
+    """DPO's and PPO's learning rate and length, chosen on the validation split, never on held-out prompts.
+
+    DPO of the initial policy on the validation rows' binary pairs (-> `dpo_lr`, `dpo_steps`: DPO, DPO shuffled) and
+    on pairs synthesized from them with the oracle critic (-> `dpo_llf_lr`, `dpo_llf_steps`: every arm on synthesized
+    pairs); PPO with a reward model on the validation rows' pairs (-> `ppo_lr`, `ppo_episodes`: PPO and PPO+LLF). A
+    coordinate search: each rate of the lr grid at the sizes' length, then the lengths of `dpo_steps_grid` /
+    `ppo_episodes_grid` at the best rate; each run is scored on the validation prompts, the best mean score wins (a tie:
+    the earlier, shorter run). Returns the sweep and the choices (the sizes' own where there is no grid, and at
+    profile paper, where the presets decide)."""
+    own = {k: getattr(sizes, k) for k in SELECTED}
+    grids = (sizes.dpo_lr_grid, sizes.ppo_lr_grid, sizes.dpo_steps_grid, sizes.ppo_episodes_grid)
+    if profile != "tiny" or not any(grids):
         return {**own, "sweep": []}
     policy, _ = initial_checkpoint(subtask, profile)
     rows, val = validation_split(subtask, sizes)
@@ -262,36 +277,57 @@ def lr_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> 
     synth = synthesize(policy, oracle_for_rows(rows), rows, out / "synthesis_oracle", len(binary), sizes,
                        VALIDATION_SEED)
     sweep = []
-    for pairs_name, pairs in (("binary", binary), ("synthesized", synth)):
-        for lr in sizes.dpo_lr_grid if pairs is not None else ():
-            trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr})
-            model = dpo(subtask, policy, pairs, out / f"{pairs_name}-lr-{lr:g}", trial, VALIDATION_SEED, profile)
-            sweep.append({"method": "dpo", "pairs": pairs_name, "lr": lr, "steps": sizes.dpo_steps,
-                          "n_pairs": len(pairs), "validation_score": evaluate(model, val, trial)["score"]})
-    for lr in sizes.ppo_lr_grid:
-        trial = Sizes(**{**sizes_dict(sizes), "ppo_lr": lr})
-        model, _ = ppo(subtask, policy, data.to_reward_pairs(rows), data.to_prompts(rows), out / f"ppo-lr-{lr:g}",
-                       trial, VALIDATION_SEED, profile)
-        sweep.append({"method": "ppo", "pairs": "binary", "lr": lr, "rollouts": sizes.ppo_episodes,
+
+    def best(method, pairs):
+        rows_ = [r for r in sweep if r["method"] == method and r["pairs"] == pairs]
+        return max(rows_, key=lambda r: r["validation_score"]) if rows_ else None
+
+    def run_dpo(pairs_name, pairs, lr, steps):
+        trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr, "dpo_steps": steps})
+        model = dpo(subtask, policy, pairs, out / f"{pairs_name}-lr-{lr:g}-steps-{steps}", trial, VALIDATION_SEED,
+                    profile)
+        sweep.append({"method": "dpo", "pairs": pairs_name, "lr": lr, "steps": steps, "n_pairs": len(pairs),
                       "validation_score": evaluate(model, val, trial)["score"]})
 
-    def best(method, pairs, default):
-        rows_ = [r for r in sweep if r["method"] == method and r["pairs"] == pairs]
-        return max(rows_, key=lambda r: r["validation_score"])["lr"] if rows_ else default
+    def run_ppo(lr, episodes):
+        trial = Sizes(**{**sizes_dict(sizes), "ppo_lr": lr, "ppo_episodes": episodes})
+        model, _ = ppo(subtask, policy, data.to_reward_pairs(rows), data.to_prompts(rows),
+                       out / f"ppo-lr-{lr:g}-rollouts-{episodes}", trial, VALIDATION_SEED, profile)
+        sweep.append({"method": "ppo", "pairs": "binary", "lr": lr, "rollouts": episodes,
+                      "validation_score": evaluate(model, val, trial)["score"]})
 
-    return {"dpo_lr": best("dpo", "binary", sizes.dpo_lr), "dpo_llf_lr": best("dpo", "synthesized", sizes.dpo_llf_lr),
-            "ppo_lr": best("ppo", "binary", sizes.ppo_lr), "sweep": sweep,
-            "validation_initial": evaluate(policy, val, sizes)["score"], "prompts": len(val.metas)}
+    for pairs_name, pairs, lr in (("binary", binary, sizes.dpo_lr), ("synthesized", synth, sizes.dpo_llf_lr)):
+        if pairs is None:
+            continue
+        for rate in sizes.dpo_lr_grid:
+            run_dpo(pairs_name, pairs, rate, sizes.dpo_steps)
+        rate = best("dpo", pairs_name)["lr"] if sizes.dpo_lr_grid else lr or sizes.dpo_lr
+        for steps in sizes.dpo_steps_grid:
+            run_dpo(pairs_name, pairs, rate, steps)
+    for rate in sizes.ppo_lr_grid:
+        run_ppo(rate, sizes.ppo_episodes)
+    for episodes in sizes.ppo_episodes_grid:
+        run_ppo(best("ppo", "binary")["lr"] if sizes.ppo_lr_grid else sizes.ppo_lr, episodes)
+    chosen = dict(own)
+    for (lr_key, length_key, length), (method, pairs) in (
+            (("dpo_lr", "dpo_steps", "steps"), ("dpo", "binary")),
+            (("dpo_llf_lr", "dpo_llf_steps", "steps"), ("dpo", "synthesized")),
+            (("ppo_lr", "ppo_episodes", "rollouts"), ("ppo", "binary"))):
+        if (b := best(method, pairs)) is not None:
+            chosen[lr_key], chosen[length_key] = b["lr"], b[length]
+    return {**chosen, "sweep": sweep, "validation_initial": evaluate(policy, val, sizes)["score"],
+            "prompts": len(val.metas)}
 
 
 def with_selection(sizes: Sizes, selection: dict) -> Sizes:
-    """`sizes` with the learning rates `lr_selection` chose."""
-    return Sizes(**{**sizes_dict(sizes), **{k: selection[k] for k in ("dpo_lr", "dpo_llf_lr", "ppo_lr")}})
+    """`sizes` with the learning rates and lengths `lr_selection` chose."""
+    return Sizes(**{**sizes_dict(sizes), **{k: selection[k] for k in SELECTED}})
 
 
 def llf_dpo_sizes(sizes: Sizes) -> Sizes:
-    """The sizes of DPO on synthesized pairs: `dpo_llf_lr` as DPO's learning rate (when set)."""
-    return Sizes(**{**sizes_dict(sizes), "dpo_lr": sizes.dpo_llf_lr or sizes.dpo_lr})
+    """The sizes of DPO on synthesized pairs: `dpo_llf_lr` and `dpo_llf_steps` as DPO's (when set)."""
+    return Sizes(**{**sizes_dict(sizes), "dpo_lr": sizes.dpo_llf_lr or sizes.dpo_lr,
+                    "dpo_steps": sizes.dpo_llf_steps or sizes.dpo_steps})
 
 
 def cell_inputs(profile: str, params: dict | None) -> Inputs:
@@ -771,7 +807,7 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     out = Path(out_dir)
     policy, _ = initial_checkpoint(subtask, profile)
     _, main = run_results("llf_main", seed, subtask, profile=profile)
-    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k) for k in ("dpo_lr", "dpo_llf_lr", "ppo_lr")}})
+    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k, getattr(sizes, k)) for k in SELECTED}})
     llf_sizes = llf_dpo_sizes(sizes)  # llf_main's choices on the validation split
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]

@@ -292,7 +292,9 @@ def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
         add(stage, steps=steps if steps is not None else f"{p.epochs} epochs", learning_rate=lr,
             batch=sizes.batch_size or p.per_device_batch_size, beta=p.beta)
         if stage == "dpo":
-            add(stage, learning_rate_synthesized_pairs=sizes.dpo_llf_lr or lr)
+            llf_steps = sizes.dpo_llf_steps or steps
+            add(stage, learning_rate_synthesized_pairs=sizes.dpo_llf_lr or lr,
+                steps_synthesized_pairs=llf_steps if llf_steps is not None else f"{p.epochs} epochs")
     p = get_preset("ppo", subtask, profile)
     add("ppo", rollouts=sizes.ppo_episodes if sizes.ppo_episodes is not None else f"{p.epochs} epochs",
         learning_rate=sizes.ppo_lr or p.learning_rate,

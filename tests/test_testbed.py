@@ -144,9 +144,10 @@ def test_reading_examples_target_the_fix_and_drop_media(tmp_path):
 
 def test_settings_ran_say_what_the_experiments_override():
     base = E.sizes_dict(E.experiment_sizes(False, subtask="ti2t"))
-    sizes = E.Sizes(**{**base, "dpo_lr": 5e-5, "dpo_llf_lr": 2e-4})
+    sizes = E.Sizes(**{**base, "dpo_lr": 5e-5, "dpo_llf_lr": 2e-4, "dpo_llf_steps": 16})
     rows = {(r["stage"], r["hyperparameter"]): r["value"] for r in presets.settings_ran("ti2t", sizes)}
     assert rows["dpo", "learning_rate"] == 5e-5 and rows["dpo", "learning_rate_synthesized_pairs"] == 2e-4
+    assert rows["dpo", "steps"] == sizes.dpo_steps != 16 and rows["dpo", "steps_synthesized_pairs"] == 16
     assert rows["policy SFT stage 2 (reading)", "steps"] == sizes.reading_steps
     assert rows["ppo", "rollouts"] == sizes.ppo_episodes
     assert rows["feedback_model (shared critic)", "steps"] == sizes.critic_steps and sizes.critic_rows >= 1000
@@ -192,9 +193,28 @@ def test_every_seed_and_fraction_uses_the_shared_critic(smoke_batch):
         sel, res = run["results"]["lr_selection"], run["results"]
         if res["subtask"] in ("t2i", "ti2ti"):
             continue  # no sweep: image DPO and PPO keep the presets' rates
-        grid = E.experiment_sizes(True, subtask=res["subtask"]).ppo_lr_grid
-        assert sorted(r["lr"] for r in sel["sweep"] if r["method"] == "ppo") == sorted(grid)
-        assert all(seed["sizes"]["ppo_lr"] == sel["ppo_lr"] in grid for seed in res["per_seed"])
+        sizes = E.experiment_sizes(True, subtask=res["subtask"])
+        ppo_runs = [r for r in sel["sweep"] if r["method"] == "ppo"]
+        # the rates at the default length, then the longer runs at the best rate
+        assert sorted(r["lr"] for r in ppo_runs if r["rollouts"] == sizes.ppo_episodes) == sorted(sizes.ppo_lr_grid)
+        best_rate = max((r for r in ppo_runs if r["rollouts"] == sizes.ppo_episodes),
+                        key=lambda r: r["validation_score"])["lr"]
+        assert [(r["lr"], r["rollouts"]) for r in ppo_runs if r["rollouts"] != sizes.ppo_episodes] == [
+            (best_rate, n) for n in sizes.ppo_episodes_grid]
+        for pairs in ("binary", "synthesized"):
+            dpo_runs = [r for r in sel["sweep"] if r["method"] == "dpo" and r["pairs"] == pairs]
+            if pairs == "synthesized" and not dpo_runs:
+                continue  # smoke sizes: the oracle's synthesis on 12 rows can keep no pair
+            assert sorted(r["steps"] for r in dpo_runs) == sorted(
+                [sizes.dpo_steps] * len(sizes.dpo_lr_grid) + list(sizes.dpo_steps_grid))
+        winner = max(ppo_runs, key=lambda r: r["validation_score"])
+        assert (sel["ppo_lr"], sel["ppo_episodes"]) == (winner["lr"], winner["rollouts"])
+        for seed in res["per_seed"]:  # what was chosen is what ran
+            assert all(seed["sizes"][k] == sel[k] for k in E.SELECTED)
     fractions = runs.load_seed_results("llf_feedback_fraction", runs_root)
     assert fractions and all(r["results"]["critic"] == "shared" for r in fractions)
+    chosen = {(r["results"]["subtask"], r["results"]["seed"]): r["results"]["sizes"] for r in mains}
+    for r in fractions:  # Fig. 5's DPO runs as llf_main's did
+        main = chosen[r["results"]["subtask"], r["results"]["seed"]]
+        assert all(r["results"]["sizes"][k] == main[k] for k in E.SELECTED)
     assert all(r["results"]["prompts"] == r["results"]["sizes"]["n_heldout"] for r in fractions)  # smoke: all
