@@ -149,11 +149,11 @@ class Sizes:
 # gain, so the critic starts from the final policy. Image critics learn from the rows' annotated critiques (400 rows,
 # 100 steps). The self-improvement cells (Table 3, Fig. 5, the refinement probe) score the first 100 of the 300 held-out
 # prompts (`n_probe_prompts`): they run the policy three times per prompt and critic.
-# Statistics: 300 held-out prompts for the text policies (a paired interval over prompts x seeds); image policies
-# 96 (their greedy images are the slow part of `make figures`), and their DPO keeps the preset's rate (no
-# validation sweep: more image DPO runs per subtask do not fit the 30 minutes). PPO: 48 rollouts (6 updates at
-# batch 8) instead of 16 (2, the first at warm-up lr 0). The text subtasks' lengths are chosen on the validation split
-# too: `lr_selection` tries 16 DPO steps and 96 PPO rollouts at the best rate beside the 8 and 48 of every rate.
+# Statistics: 300 held-out prompts for every subtask (a paired interval over prompts x seeds); greedy images of 300
+# prompts take 1.9 s (t2i, 2 threads), so the image subtasks score as many as the text ones. Text PPO: 48 rollouts
+# (6 updates at batch 8) instead of 16 (2, the first at warm-up lr 0). Rates and lengths are chosen on the validation
+# split for every subtask: `lr_selection` tries each rate of the grids, then 16 DPO steps and 96 (text) / 48 (image)
+# PPO rollouts at the best rate beside the default 8 steps and 48 / 16 rollouts (t2i's whole sweep: 60 s, 2 threads).
 TEXT_POLICY = dict(refine_share=0.0, sft_steps=300, reading_steps=1200, reading_lr=1e-3, reading_media_drop=1.0,
                    reading_samples=1, critic_rows=2000, critic_steps=300, critique_tokens=64, n_probe_prompts=100,
                    ppo_lr_grid=(1e-4, 3e-4, 1e-3), dpo_steps_grid=(16,), ppo_episodes_grid=(96,))
@@ -164,12 +164,13 @@ SIZES = {
                          critique_tokens=8, gen_batch_size=8, refine_share=0.0, reading_steps=2, reading_samples=1,
                          reading_media_drop=0.5, critic_rows=8, critic_steps=2, ppo_lr_grid=(1e-4, 1e-3),
                          dpo_steps_grid=(2,), ppo_episodes_grid=(8,)),
-    ("image", False): dict(n_align=32, n_heldout=96, refine_share=0.1, sft_steps=360, sft_lr=5e-3, dpo_lr_grid=(),
-                           critic_rows=400, critic_steps=100),
-    ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, sft_steps=2, sft_lr=5e-3, feedback_steps=2,
-                          dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4, max_new_tokens=4,
-                          critique_tokens=8, gen_batch_size=8, vq_budget="smoke", dpo_lr_grid=(), critic_rows=4,
-                          critic_steps=2),
+    ("image", False): dict(n_align=32, n_heldout=300, n_probe_prompts=100, refine_share=0.1, sft_steps=360,
+                           sft_lr=5e-3, critic_rows=400, critic_steps=100, ppo_lr_grid=(1e-4, 3e-4, 1e-3),
+                           dpo_steps_grid=(16,), ppo_episodes_grid=(48,)),
+    ("image", True): dict(n_sft=16, n_align=6, n_heldout=4, n_validation=4, sft_steps=2, sft_lr=5e-3,
+                          feedback_steps=2, dpo_steps=1, reward_steps=1, ppo_episodes=2, ppo_prompts=2, batch_size=4,
+                          max_new_tokens=4, critique_tokens=8, gen_batch_size=8, vq_budget="smoke", critic_rows=4,
+                          critic_steps=2, ppo_lr_grid=(1e-4, 1e-3), dpo_steps_grid=(2,), ppo_episodes_grid=(4,)),
 }
 # Profile paper: the checkpoint is aligned as it is (no SFT), on every row of the user's data, scored on every item
 # of the benchmarks; None leaves a trainer's steps, batch, learning rate and length to Tables 5-8

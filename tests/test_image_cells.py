@@ -7,6 +7,7 @@ Whether the SFT policy beats the untrained one is a measurement at full size (~4
 are in the comment on `experiments.SIZES`."""
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -18,6 +19,7 @@ import torch
 
 from aa_lib import data, experiments as E, llf, mini, policies as P
 from aa_lib.models import load_model
+from sweeps import check_sweep
 
 
 @pytest.fixture(scope="module", params=["t2i", "ti2ti"])
@@ -149,6 +151,19 @@ def test_dpo_moves_the_weights_and_results_have_the_text_cells_shape(cell):
     ab = E.ablation(policy, cell.get("feedback"), held, sizes, 0)
     assert ab["n"] == len(held.metas) and 0 <= ab["win_rate"] <= 100
     json.dumps({k: v for k, v in ab.items()})
+
+
+def test_lr_selection_sweeps_the_image_policy_on_the_validation_split(cell, monkeypatch, tmp_path):
+    """The text cells' `lr_selection` on an image policy: DPO on the validation rows' binary and oracle-synthesized
+    pairs, PPO with a reward model, every run scored on the validation prompts (never held-out ones)."""
+    sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
+    monkeypatch.setattr(E, "initial_checkpoint", lambda subtask, profile="tiny": (Path(policy), {"seed": 0}))
+    sel = E.lr_selection(sub, tmp_path, sizes)
+    check_sweep(sel, sizes)
+    assert sel["prompts"] == sizes.n_validation and len(sel["sweep"]) >= len(sizes.dpo_lr_grid) + len(
+        sizes.ppo_lr_grid) + len(sizes.ppo_episodes_grid)
+    _, val = E.validation_split(sub, sizes)
+    assert not set(val.metas) & set(cell["held"].metas)
 
 
 def test_ppo_with_a_reward_model_over_response_images(cell):

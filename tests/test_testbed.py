@@ -11,6 +11,7 @@ import pytest
 
 from aa_lib import data, experiments as E, figures, mini, presets
 from aa_lib.policies import policy_for, reading_examples, without_media
+from sweeps import check_sweep
 
 
 @pytest.fixture(scope="module", params=["ti2t", "ti2ti"])
@@ -191,24 +192,7 @@ def test_every_seed_and_fraction_uses_the_shared_critic(smoke_batch):
     assert all(r["results"]["feedback_model"].endswith(f"/{E.CRITIC}/model") for r in mains)
     for run in runs.load_results("llf_main", runs_root):  # learning rates chosen on the validation split
         sel, res = run["results"]["lr_selection"], run["results"]
-        if res["subtask"] in ("t2i", "ti2ti"):
-            continue  # no sweep: image DPO and PPO keep the presets' rates
-        sizes = E.experiment_sizes(True, subtask=res["subtask"])
-        ppo_runs = [r for r in sel["sweep"] if r["method"] == "ppo"]
-        # the rates at the default length, then the longer runs at the best rate
-        assert sorted(r["lr"] for r in ppo_runs if r["rollouts"] == sizes.ppo_episodes) == sorted(sizes.ppo_lr_grid)
-        best_rate = max((r for r in ppo_runs if r["rollouts"] == sizes.ppo_episodes),
-                        key=lambda r: r["validation_score"])["lr"]
-        assert [(r["lr"], r["rollouts"]) for r in ppo_runs if r["rollouts"] != sizes.ppo_episodes] == [
-            (best_rate, n) for n in sizes.ppo_episodes_grid]
-        for pairs in ("binary", "synthesized"):
-            dpo_runs = [r for r in sel["sweep"] if r["method"] == "dpo" and r["pairs"] == pairs]
-            if pairs == "synthesized" and not dpo_runs:
-                continue  # smoke sizes: the oracle's synthesis on 12 rows can keep no pair
-            assert sorted(r["steps"] for r in dpo_runs) == sorted(
-                [sizes.dpo_steps] * len(sizes.dpo_lr_grid) + list(sizes.dpo_steps_grid))
-        winner = max(ppo_runs, key=lambda r: r["validation_score"])
-        assert (sel["ppo_lr"], sel["ppo_episodes"]) == (winner["lr"], winner["rollouts"])
+        check_sweep(sel, E.experiment_sizes(True, subtask=res["subtask"]))
         for seed in res["per_seed"]:  # what was chosen is what ran
             assert all(seed["sizes"][k] == sel[k] for k in E.SELECTED)
     fractions = runs.load_seed_results("llf_feedback_fraction", runs_root)
