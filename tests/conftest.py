@@ -33,3 +33,27 @@ def smollm2(tmp_path_factory):
     from aa_lib.models import gguf_to_folder, smollm2_gguf
 
     return gguf_to_folder(smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def smoke_cells(tmp_path_factory):
+    """Smoke-size initial policies (`experiments.train_policy`), trained once per session per subtask and shared by
+    the modules that test cells on them: get(subtask) -> a new dict of subtask, out, root, sizes, trained / policy,
+    align rows and held-out prompts (a module may add keys to its own copy; files go to distinct names under out)."""
+    from aa_lib import experiments as E
+
+    made = {}
+
+    def get(subtask: str) -> dict:
+        if subtask not in made:
+            out = tmp_path_factory.mktemp(subtask)
+            root = out / "mini"
+            sizes = E.experiment_sizes(True, subtask=subtask)
+            trained = E.train_policy(subtask, out, 0, sizes, root=root)
+            _, align = E.world_rows(subtask, 0, sizes, root)
+            made[subtask] = {"subtask": subtask, "out": out, "root": root, "sizes": sizes, "trained": trained,
+                             "policy": trained["policy"], "align": align, "held": E.heldout(subtask, sizes, root=root)}
+        return dict(made[subtask])
+
+    return get
+

@@ -19,21 +19,12 @@ import torch
 
 from aa_lib import data, experiments as E, llf, mini, policies as P
 from aa_lib.models import load_model
-from sweeps import check_sweep
 
 
 @pytest.fixture(scope="module", params=["t2i", "ti2ti"])
-def cell(request, tmp_path_factory):
-    """A smoke policy for the subtask, its alignment rows and held-out prompts."""
-    subtask = request.param
-    out = tmp_path_factory.mktemp(subtask)
-    root = out / "mini"
-    sizes = E.experiment_sizes(True, subtask=subtask)
-    held = E.heldout(subtask, sizes, root=root)
-    trained = E.train_policy(subtask, out, 0, sizes, root=root)
-    _, align = E.world_rows(subtask, 0, sizes, root)
-    return {"subtask": subtask, "out": out, "root": root, "sizes": sizes, "held": held, "trained": trained,
-            "align": align}
+def cell(request, smoke_cells):
+    """A smoke policy for the subtask, its alignment rows and held-out prompts (shared with test_testbed)."""
+    return smoke_cells(request.param)
 
 
 def test_sizes_and_dispatch():
@@ -156,8 +147,13 @@ def test_dpo_moves_the_weights_and_results_have_the_text_cells_shape(cell):
 def test_lr_selection_sweeps_the_image_policy_on_the_validation_split(cell, monkeypatch, tmp_path):
     """The text cells' `lr_selection` on an image policy: DPO on the validation rows' binary and oracle-synthesized
     pairs, PPO with a reward model, every run scored on the validation prompts (never held-out ones)."""
-    sub, sizes, policy = cell["subtask"], cell["sizes"], cell["trained"]["policy"]
+    sub, policy = cell["subtask"], cell["trained"]["policy"]
+    # one rate each (the text smoke batch checks the choice between rates), then the longer runs at it
+    sizes = replace(cell["sizes"], dpo_lr_grid=(2e-4,), ppo_lr_grid=(1e-3,), dpo_steps_grid=(2,),
+                    ppo_episodes_grid=(4,))
     monkeypatch.setattr(E, "initial_checkpoint", lambda subtask, profile="tiny": (Path(policy), {"seed": 0}))
+    from sweeps import check_sweep
+
     sel = E.lr_selection(sub, tmp_path, sizes)
     check_sweep(sel, sizes)
     assert sel["prompts"] == sizes.n_validation and len(sel["sweep"]) >= len(sizes.dpo_lr_grid) + len(

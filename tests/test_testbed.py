@@ -11,19 +11,11 @@ import pytest
 
 from aa_lib import data, experiments as E, figures, mini, presets
 from aa_lib.policies import policy_for, reading_examples, without_media
-from sweeps import check_sweep
 
 
 @pytest.fixture(scope="module", params=["ti2t", "ti2ti"])
-def cell(request, tmp_path_factory):
-    subtask = request.param
-    out = tmp_path_factory.mktemp(subtask)
-    root = out / "mini"
-    sizes = E.experiment_sizes(True, subtask=subtask)
-    trained = E.train_policy(subtask, out, 0, sizes, root=root)
-    _, align = E.world_rows(subtask, 0, sizes, root)
-    return {"subtask": subtask, "out": out, "root": root, "sizes": sizes, "policy": trained["policy"],
-            "align": align, "held": E.heldout(subtask, sizes, root=root)}
+def cell(request, smoke_cells):
+    return smoke_cells(request.param)
 
 
 @pytest.mark.parametrize("subtask", ["ti2t", "t2i"])
@@ -184,6 +176,8 @@ def test_shared_critic_learns_the_rubric_critiques_of_its_examples(cell):
 
 
 def test_every_seed_and_fraction_uses_the_shared_critic(smoke_batch):
+    from sweeps import check_sweep
+
     from aa_lib import runs
 
     _, runs_root, _ = smoke_batch
