@@ -56,4 +56,3 @@ def smoke_cells(tmp_path_factory):
         return dict(made[subtask])
 
     return get
-
