@@ -14,6 +14,7 @@ from aa_lib.subtasks import get_subtask
 
 
 def prompt_types(ds) -> list[str]:
+    """Each row's prompt type, from its `mini_meta`; "all" where the dataset or the row has none."""
     if "mini_meta" not in ds.column_names:
         return ["all"] * len(ds)
     return [json.loads(m).get("prompt_type", "all") if m else "all" for m in ds["mini_meta"]]
@@ -21,10 +22,8 @@ def prompt_types(ds) -> list[str]:
 
 def composition(datasets: dict) -> pd.DataFrame:
     """Rows per subtask and prompt type: columns subtask (paper code), prompt_type, rows."""
-    recs = []
-    for name, ds in datasets.items():
-        for ptype, n in pd.Series(prompt_types(ds)).value_counts().sort_index().items():
-            recs.append({"subtask": get_subtask(name).code, "prompt_type": ptype, "rows": int(n)})
+    recs = [{"subtask": get_subtask(name).code, "prompt_type": ptype, "rows": int(n)} for name, ds in datasets.items()
+            for ptype, n in pd.Series(prompt_types(ds)).value_counts().sort_index().items()]
     return pd.DataFrame(recs, columns=["subtask", "prompt_type", "rows"])
 
 

@@ -78,10 +78,8 @@ CRITIQUE_REQUEST_AUDIO = "Please provide the ##Critique and ##Refinement."  # SP
 class DataError(ValueError):
     """A bad row (or, with `row=None`, a bad source): names the row index, the column and the reason."""
 
-    def __init__(self, reason: str, *, row: int | None = None, column: str | None = None, kind: str | None = None,
-                 source: str | None = None):
+    def __init__(self, reason: str, *, row: int | None = None, column: str | None = None, source: str | None = None):
         self.reason, self.row, self.column, self.source = reason, row, column, source
-        self.kind = kind or reason.split(":")[0]
         where = [f"row {row}" if row is not None else None, f"column {column!r}" if column else None]
         prefix = ", ".join(w for w in where if w)
         super().__init__(f"{source + ': ' if source else ''}{prefix + ': ' if prefix else ''}{reason}")
@@ -135,18 +133,6 @@ def _from_records(records: list, label: str, root) -> _Raw:
     return _Raw({k: [rec.get(k) for rec in records] for k in names}, len(records), label, root)
 
 
-def _text_columns(st: Subtask) -> list[str]:
-    """Columns that hold text: read as strings (stops pyarrow turning a date-like prompt into a timestamp)."""
-    cols = [st.prompt_column, *st.source_columns, *st.critique_columns, *st.extra_columns]
-    if st.text_output or st.response_media_columns:
-        cols += list(st.response_columns)
-    for dim in st.dimensions:
-        cols += list(st.rationale_columns(dim))
-    if st.feedback_column:
-        cols.append(st.feedback_column)
-    return cols
-
-
 def _read_jsonl(path: Path, st: Subtask, column_map: dict | None, label: str) -> _Raw:
     import pyarrow.json as pj
 
@@ -156,8 +142,10 @@ def _read_jsonl(path: Path, st: Subtask, column_map: dict | None, label: str) ->
         first_keys = set(json.loads(first)) if first else set()
     except (ValueError, TypeError):
         first_keys = set()
+    # Text columns are read as strings (stops pyarrow turning a date-like prompt into a timestamp).
     inverse = {v: k for k, v in (column_map or {}).items()}
-    schema = pa.schema([(inverse.get(c, c), pa.string()) for c in _text_columns(st) if inverse.get(c, c) in first_keys])
+    text = [inverse.get(c, c) for c, (kind, _) in _column_specs(st).items() if kind in ("prompt", "text")]
+    schema = pa.schema([(c, pa.string()) for c in text if c in first_keys])
     try:
         table = pj.read_json(path, read_options=pj.ReadOptions(block_size=1 << 22),
                              parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
@@ -190,10 +178,8 @@ def _read_file(path: Path, st: Subtask, column_map) -> _Raw:
     if suffix == ".jsonl":
         return _read_jsonl(path, st, column_map, label)
     if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             if "Extra data" in str(e):  # JSON lines in a .json file, as datasets also accepts
                 return _read_jsonl(path, st, column_map, label)
@@ -276,11 +262,11 @@ class _Issues:
     def add(self, row: int, column: str, kind: str, detail: str | None = None):
         reason = f"{kind}: {detail}" if detail else kind
         if self.raise_now:
-            raise DataError(reason, row=int(row), column=column, kind=kind, source=self.source)
+            raise DataError(reason, row=int(row), column=column, source=self.source)
         self.bad.setdefault(int(row), (column, reason))
 
     def schema(self, column: str | None, reason: str):
-        raise DataError(reason, row=None, column=column, source=self.source)
+        raise DataError(reason, column=column, source=self.source)
 
 
 def _rows_where(mask) -> np.ndarray:
@@ -526,21 +512,18 @@ def detect_format(columns) -> str:
     return "align_anything"
 
 
-def _need(cols: dict, names, issues: _Issues, fmt: str):
+def _need(cols: dict, names, st: Subtask, issues: _Issues, fmt: str):
+    """A foreign format's checks: the subtask answers with text and the source has the format's columns."""
+    if not st.text_output:
+        issues.schema(None, f"{fmt}-format rows hold text responses; subtask {st.name} answers with "
+                            f"{'+'.join(st.outputs)}")
     for c in names:
         if c not in cols:
             issues.schema(c, f"missing required column {c!r} for the {fmt} format (columns: {sorted(cols)})")
 
 
-def _text_subtask(st: Subtask, issues: _Issues, fmt: str):
-    if not st.text_output:
-        issues.schema(None, f"{fmt}-format rows hold text responses; subtask {st.name} answers with "
-                            f"{'+'.join(st.outputs)}")
-
-
-def _from_safe_rlhf(cols: dict, n: int, st: Subtask, issues: _Issues) -> dict:
-    _text_subtask(st, issues, "safe_rlhf")
-    _need(cols, ("prompt", "response_0", "response_1", "better_response_id"), issues, "safe_rlhf")
+def _from_safe_rlhf(cols: dict, st: Subtask, issues: _Issues) -> dict:
+    _need(cols, ("prompt", "response_0", "response_1", "better_response_id"), st, issues, "safe_rlhf")
     out = {st.prompt_column: cols.pop("prompt"), st.response_columns[0]: cols.pop("response_0"),
            st.response_columns[1]: cols.pop("response_1")}
     targets = [("better_response_id", st.overall_column)]
@@ -578,8 +561,7 @@ def _message_text(value, role: str):
 
 
 def _from_trl(cols: dict, n: int, st: Subtask, issues: _Issues) -> dict:
-    _text_subtask(st, issues, "trl")
-    _need(cols, ("chosen", "rejected"), issues, "trl")
+    _need(cols, ("chosen", "rejected"), st, issues, "trl")
     chosen, rejected = _pylist(cols.pop("chosen")), _pylist(cols.pop("rejected"))
     implicit = "prompt" not in cols  # TRL's implicit-prompt format: the prompt leads the chosen conversation
     if implicit and not all(isinstance(c, list) or c is None for c in chosen):
@@ -644,7 +626,7 @@ def load(source, subtask: str | Subtask, *, media_root: str | os.PathLike | None
     cols = {(column_map or {}).get(k, k): v for k, v in cols.items()}
     fmt = fmt or detect_format(cols)
     if fmt == "safe_rlhf":
-        cols = _from_safe_rlhf(cols, n, st, issues)
+        cols = _from_safe_rlhf(cols, st, issues)
     elif fmt == "trl":
         cols = _from_trl(cols, n, st, issues)
 
@@ -724,17 +706,10 @@ def _fingerprint(source, *options) -> str:
 
 # ======================================================================================= decoding
 def _modality_of(column: str, subtask: Subtask | None) -> str | None:
-    if subtask is not None:
-        if column == subtask.media_column:
-            return subtask.inputs[1]
-        if column in subtask.response_columns and not subtask.text_output and not subtask.response_media_columns:
-            return subtask.response_modality
-        if column in (subtask.response_media_columns or ()):
-            return "image"
-    for m in ("image", "audio", "video"):
-        if m in column:
-            return m
-    return None
+    kind = _column_specs(subtask).get(column, ("",))[0] if subtask is not None else ""
+    if kind in ("image", "audio", "video"):
+        return kind
+    return next((m for m in ("image", "audio", "video") if m in column), None)
 
 
 def decode_media(row: dict, column: str, *, subtask: str | Subtask | None = None, modality: str | None = None,
@@ -761,7 +736,7 @@ def decode_media(row: dict, column: str, *, subtask: str | Subtask | None = None
             return load_audio(value, media_root, target_rate=target_rate)
         return load_video(value, media_root, num_frames=num_frames)
     except MediaError as e:
-        raise DataError(str(e), column=column, kind=_media_kind(str(e), modality)) from None
+        raise DataError(str(e), column=column) from None
 
 
 # ======================================================================================= conversions to TRL formats
@@ -810,16 +785,15 @@ def _same(a, b):
     return pc.fill_null(pc.or_kleene(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b))), False)
 
 
-def _convert(ds, fn, features: Features, report: Report, keep: np.ndarray | None = None) -> datasets.Dataset:
+def _convert(ds, fn, features: Features, report: Report, keep: np.ndarray) -> datasets.Dataset:
     """Map fn over Arrow batches of the rows in `keep` (media references reach fn undecoded; map writes them back
     under the new features). Rows are skipped inside the map rather than by `ds.select`, whose index gather costs
     more than the conversion."""
     def run(batch: pa.Table, indices: list[int]):
-        if keep is not None:
-            rows = [j for j, i in enumerate(indices) if keep[i]]
-            if len(rows) < batch.num_rows:
-                batch = batch.take(pa.array(rows, pa.int64()))
-        return fn(batch, [indices[j] for j in rows] if keep is not None else indices)
+        rows = [j for j, i in enumerate(indices) if keep[i]]
+        if len(rows) < batch.num_rows:
+            batch = batch.take(pa.array(rows, pa.int64()))
+        return fn(batch, [indices[j] for j in rows])
 
     out = ds.with_format("arrow").map(run, batched=True, batch_size=1000, with_indices=True,
                                       remove_columns=ds.column_names, features=features).with_format(None)
@@ -996,10 +970,9 @@ def to_feedback_sft(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
     request = CRITIQUE_REQUEST_AUDIO if audio else CRITIQUE_REQUEST
     t = _arrow_view(ds, list(st.critique_columns))
     has, dropped = [], []
-    for k, c in enumerate(st.critique_columns):
-        col = t.column(c)
-        ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), False)
-        ok = ok.to_numpy(zero_copy_only=False)
+    for c in st.critique_columns:
+        length = pc.utf8_length(pc.utf8_trim_whitespace(t.column(c)))
+        ok = pc.fill_null(pc.greater(length, 0), False).to_numpy(zero_copy_only=False)
         has.append(ok)
         dropped += [(int(i), c, "no critique") for i in np.flatnonzero(~ok)]
     report = Report("to_feedback_sft", len(ds), 0, sorted(dropped))
@@ -1033,8 +1006,8 @@ def to_prompts(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
     and medium (same path or same bytes); the first occurrence is kept."""
     st = _subtask_of(ds, subtask)
     cols = [st.prompt_column, *([st.media_column] if st.media_column else [])]
-    seen, keep, dropped = set(), [], []
-    start = 0
+    seen, dropped, start = set(), [], 0
+    keep = np.zeros(len(ds), dtype=bool)
     for batch in _arrow_view(ds, cols).to_batches(max_chunksize=1000):
         texts = batch.column(0).to_pylist()
         media = batch.column(1).to_pylist() if st.media_column else [None] * len(texts)
@@ -1044,9 +1017,9 @@ def to_prompts(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
                 dropped.append((start + j, st.prompt_column, "duplicate prompt"))
             else:
                 seen.add(key)
-                keep.append(start + j)
+                keep[start + j] = True
         start += len(texts)
-    report = Report("to_prompts", len(ds), len(keep), dropped)
+    report = Report("to_prompts", len(ds), int(keep.sum()), dropped)
     feats = {"prompt": _messages_feature(st)}
     if st.media_column:
         feats[f"{st.inputs[1]}s"] = _media_list_feature(st.inputs[1])
@@ -1058,6 +1031,4 @@ def to_prompts(ds: datasets.Dataset, *, subtask=None) -> datasets.Dataset:
             out[f"{turns.in_mod}s"] = [[m] for m in turns.media]
         return out
 
-    mask = np.zeros(len(ds), dtype=bool)
-    mask[keep] = True
-    return _convert(ds, fn, Features(feats), report, mask)
+    return _convert(ds, fn, Features(feats), report, keep)

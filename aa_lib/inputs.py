@@ -24,14 +24,20 @@ each run its subtask's entry as the notebook parameter `inputs`, and each spec's
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from aa_lib import benchmarks as B
+from aa_lib.judges import HFJudge, HTTPJudge
+from aa_lib.media import encode_png, write_bytes_atomic
+from aa_lib.records import read_jsonl
+from aa_lib.subtasks import get_subtask
 
 # Table 2's benchmarks (SPEC §6): subtask, loader, how a (item, response) becomes judge requests, the score.
 BENCHMARKS = {
@@ -126,8 +132,6 @@ def make_judge(spec: dict | None, cache_dir, benchmark: str | None = None):
     local causal LM: path) or `mini_rubric` (the rehearsal's: the mini rubric, answering in each benchmark's format,
     reading each item's hidden truth from the benchmark entry's `truth` file). Replies are cached in `cache_dir`, so
     a rerun makes no calls."""
-    from aa_lib.judges import HFJudge, HTTPJudge
-
     kind = (spec or {}).get("kind")
     if kind == "http":
         key = os.environ.get(spec.get("api_key_env") or "OPENAI_API_KEY", "none")
@@ -151,12 +155,12 @@ def load_scorer(spec: dict):
     return getattr(importlib.import_module(module), name)(spec.get("weights"))
 
 
-def _prompt_example(subtask: str, question: str, media: tuple[str, ...]) -> dict:
-    """A generation prompt in `data.to_sft`'s layout (the media first, then the question), as the subtask's policy
-    family takes it (`prompt_example`)."""
+def _prompt_example(subtask: str, item) -> dict:
+    """A benchmark item's (or a bare prompt string's) generation prompt in `data.to_sft`'s layout (the media first,
+    then the question), as the subtask's policy family takes it (`prompt_example`)."""
     from aa_lib.policies import policy_for
-    from aa_lib.subtasks import get_subtask
 
+    question, media = (item, ()) if isinstance(item, str) else (item.question, item.media)
     st = get_subtask(subtask)
     kinds = [m for m in st.inputs if m != "text"]
     if not kinds and st.text_output:
@@ -175,8 +179,6 @@ class BenchmarkHeldOut:
 
     def __init__(self, subtask: str, inputs: Inputs, cache_dir, n: int | None = None):
         self.subtask, self.inputs, self.cache_dir = subtask, inputs, Path(cache_dir)
-        from aa_lib.records import read_jsonl
-
         self.items = {}
         for name, args in inputs.benchmarks.items():
             items = BENCHMARKS[name][1](**{k: v for k, v in args.items() if k not in _NOT_LOADER_ARGS})
@@ -188,21 +190,14 @@ class BenchmarkHeldOut:
             self.items[name] = items
         if not self.items:
             raise ValueError(f"{subtask}: no benchmark named in inputs")
-        self.examples = [_prompt_example(subtask, *self._question(it)) for items in self.items.values()
-                         for it in items]
-
-    @staticmethod
-    def _question(item) -> tuple[str, tuple]:
-        return (item, ()) if isinstance(item, str) else (item.question, item.media)
+        self.examples = [_prompt_example(subtask, it) for items in self.items.values() for it in items]
 
     def score(self, responses: list) -> dict:
         out, failures, start = {}, {}, 0
         for name, items in self.items.items():
             resp, start = responses[start:start + len(items)], start + len(items)
-            number, failed = self._score_one(name, items, resp)
-            out[name], failures[name] = number, failed
-        first = next(iter(out.values()))
-        return {"score": first, "benchmarks": out, "failures": failures, "n": len(responses)}
+            out[name], failures[name] = self._score_one(name, items, resp)
+        return {"score": next(iter(out.values())), "benchmarks": out, "failures": failures, "n": len(responses)}
 
     def _score_one(self, name: str, items, responses) -> tuple[float | None, int]:
         spec = self.inputs.benchmarks[name]
@@ -229,12 +224,6 @@ class BenchmarkHeldOut:
     def _interleaved_output(self, response) -> list[dict]:
         """A ti2ti response {"text", "image"} as InterleavedBench steps, its image a PNG named by its content (the
         judge sees files; the same image is the same file, so a rerun hits the judge's cache)."""
-        import hashlib
-
-        import numpy as np
-
-        from aa_lib.media import encode_png, write_bytes_atomic
-
         png = encode_png(np.asarray(response["image"]))
         path = self.cache_dir / "outputs" / f"{hashlib.sha256(png).hexdigest()[:20]}.png"
         if not path.exists():
