@@ -934,7 +934,7 @@ def to_reward_pairs(ds: datasets.Dataset, dimension: str | None = None, *, subta
 
 def _conversation_features(st: Subtask, *keys: str) -> dict:
     feats = {k: _messages_feature(st) for k in keys}
-    for m in dict.fromkeys([*st.inputs[1:], *([_response_modality(st)] if _response_modality(st) else [])]):
+    for m in dict.fromkeys(m for m in (*st.inputs[1:], _response_modality(st)) if m):
         feats[f"{m}s"] = _media_list_feature(m)
     return feats
 
