@@ -22,7 +22,8 @@ def prompt_types(ds) -> list[str]:
 
 def composition(datasets: dict) -> pd.DataFrame:
     """Rows per subtask and prompt type: columns subtask (paper code), prompt_type, rows."""
-    recs = [{"subtask": get_subtask(name).code, "prompt_type": ptype, "rows": int(n)} for name, ds in datasets.items()
+    recs = [{"subtask": get_subtask(name).code, "prompt_type": ptype, "rows": int(n)}
+            for name, ds in datasets.items()
             for ptype, n in pd.Series(prompt_types(ds)).value_counts().sort_index().items()]
     return pd.DataFrame(recs, columns=["subtask", "prompt_type", "rows"])
 
