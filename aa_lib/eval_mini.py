@@ -524,10 +524,7 @@ FEATURE_DIM = len(SLOTS) + 1  # + "nothing readable"
 
 
 def _vector(values: Mapping[str, set]) -> torch.Tensor:
-    v = torch.zeros(FEATURE_DIM)
-    for k, (attr, val) in enumerate(SLOTS):
-        if val in values.get(attr, ()):
-            v[k] = 1.0
+    v = torch.tensor([float(val in values.get(attr, ())) for attr, val in SLOTS] + [0.0])
     if v.sum() == 0:
         v[-1] = 1.0
     return v
@@ -539,15 +536,11 @@ def features(kind: str, value) -> torch.Tensor:
         return _vector(claims(value or ""))
     if kind == "image":
         r = checker.read_image(value)
-        if r["blank"]:
-            return _vector({})
-        return _vector({"color": {r["color"]}, "shape": {r["shape"]}, "place": {r["position"]},
-                        "count": {r["count"]}})
+        return _vector({} if r["blank"] else {"color": {r["color"]}, "shape": {r["shape"]},
+                                               "place": {r["position"]}, "count": {r["count"]}})
     if kind == "audio":
         r = checker.read_audio(value)
-        if r["blank"] or r["harmful"]:
-            return _vector({})
-        return _vector({"pitch": {r["pitch"]}, "beeps": {r["count"]}})
+        return _vector({} if r["blank"] or r["harmful"] else {"pitch": {r["pitch"]}, "beeps": {r["count"]}})
     raise ValueError(f"no synergy features for {kind!r}")
 
 
