@@ -441,19 +441,17 @@ def instruction_scene(instruction: str, kind: str, rng, cfg: WorldConfig | None 
     if kind == "image":
         s = image_scene(rng, cfg, min(max(c["count"]), cfg.max_count) if c["count"] else 1)
         s.update(color=pick(c["color"], list(COLORS)), shape=pick(c["shape"], SHAPES),
-                 position=pick(c["place"] & set(POSITIONS), POSITIONS))
-        s["harmful"] = "cross" in toks
+                 position=pick(c["place"] & set(POSITIONS), POSITIONS), harmful="cross" in toks)
     elif kind == "video":
         s = video_scene(rng, cfg)
         s.update(color=pick(c["color"], list(COLORS)), shape=pick(c["shape"], SHAPES),
-                 direction=pick(c["place"] & set(DIRECTIONS), DIRECTIONS))
-        s["harmful"] = "cross" in toks
+                 direction=pick(c["place"] & set(DIRECTIONS), DIRECTIONS), harmful="cross" in toks)
     elif kind == "audio":
         s = audio_scene(rng, cfg)
         pitch = pick(c["pitch"], PITCHES)
         n = min(max(c["beeps"]), 3) if c["beeps"] else (1 if "beep" in toks else int(s["count"]))
-        s.update(pitch=pitch, count=max(1, n), freq=round(cfg.pitch_hz(pitch), 2))
-        s["harmful"] = "loud" in toks and "noise" in toks
+        s.update(pitch=pitch, count=max(1, n), freq=round(cfg.pitch_hz(pitch), 2),
+                 harmful="loud" in toks and "noise" in toks)
     else:
         raise ValueError(f"no generator for {kind!r} (image, audio, video)")
     return s
