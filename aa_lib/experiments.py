@@ -134,8 +134,7 @@ class Sizes:
 # steps at 1e-3 with all dropped: oracle +9.6 to +16 (fixes 32-49 % of wrong answers), generic +2.0 to +3.8; tv2t:
 # oracle +18 (60 %), generic +1.9. Then DPO (8 steps) on 64 pairs synthesized with the oracle critique moved the
 # greedy answer by +3.3 / +5.4 points at lr 5e-5 / 2e-4 (ti2t), +0.3 / +2.6 (tv2t); on the binary pairs +0.2 / +2.2
-# and +0.5 / +1.7 (one seed, 300 held-out prompts). The learning rate the experiments use is chosen on the
-# validation split (`lr_selection`), as PPO's (3 rates; the reward model is trained on the validation rows' pairs).
+# and +0.5 / +1.7 (one seed, 300 held-out prompts).
 # The shared critic (`train_critic`, text): 300 steps (lr 1e-3, batch 16) on 2,000 rows' (x, policy sample, rubric
 # critique), critique_tokens 64 (40 cut the oracle's multi-issue critiques). Measured at 600 steps on ti2t (seed 0, 200
 # held-out prompts, `refinement_probe`): 84.5 % well-formed critiques (the per-seed feedback model of 20 steps on 64
@@ -196,8 +195,8 @@ def world_rows(subtask: str, seed: int, sizes: Sizes, root=".cache/mini", inputs
     `inputs.data` (profile paper), no SFT rows and the user's align-anything rows, shuffled with the seed (`n_align`
     of them when set), whose critiques train the feedback model and whose preferences are the binary pairs."""
     if inputs is not None and inputs.data:
-        ds = data.load(inputs.data, subtask, media_root=inputs.media_root,
-                       column_map=inputs.column_map).shuffle(seed=seed)
+        ds = data.load(inputs.data, subtask, media_root=inputs.media_root, column_map=inputs.column_map)
+        ds = ds.shuffle(seed=seed)
         return ds.select([]), ds.select(range(min(sizes.n_align or len(ds), len(ds))))
     ds = mini.dataset(subtask, sizes.n_sft + sizes.n_align, seed=seed, root=root)
     return ds.select(range(sizes.n_sft)), ds.select(range(sizes.n_sft, len(ds)))

@@ -184,14 +184,9 @@ def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny"
 def render_table(profile: str = "paper") -> pd.DataFrame:
     """Tables 5-8 in the layout of `reported/tables5to8_hyperparameters.csv`: stage, hyperparameter, one column
     per paper subtask (upper-case codes), read from the presets of `profile`."""
-    rows = []
-    for stage, table_rows in TABLE_ROWS.items():
-        for name, attr in table_rows:
-            row = {"stage": stage, "hyperparameter": name}
-            for s in PAPER_SUBTASKS:
-                row[get_subtask(s).code] = getattr(get_preset(stage, s, profile), attr)
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"stage": stage, "hyperparameter": name,
+                          **{get_subtask(s).code: getattr(get_preset(stage, s, profile), attr) for s in PAPER_SUBTASKS}}
+                         for stage, table_rows in TABLE_ROWS.items() for name, attr in table_rows])
 
 
 def parse_cell(value):
@@ -209,14 +204,11 @@ def parse_cell(value):
 
 def compare_with_reported(df: pd.DataFrame, reported: pd.DataFrame) -> list[str]:
     """Cell-by-cell differences between a rendered table and the reported CSV ("" when they agree)."""
-    problems = []
     key = ["stage", "hyperparameter"]
     ours = {tuple(r[k] for k in key): r for r in df.to_dict("records")}
     theirs = {tuple(r[k] for k in key): r for r in reported.to_dict("records")}
-    for k in theirs.keys() - ours.keys():
-        problems.append(f"row {k}: in the reported table, not in the presets")
-    for k in ours.keys() - theirs.keys():
-        problems.append(f"row {k}: in the presets, not in the reported table")
+    problems = [f"row {k}: in the reported table, not in the presets" for k in theirs.keys() - ours.keys()]
+    problems += [f"row {k}: in the presets, not in the reported table" for k in ours.keys() - theirs.keys()]
     cols = [c for c in reported.columns if c not in key]
     if set(cols) != set(df.columns) - set(key):
         problems.append(f"columns differ: reported {cols}, presets {[c for c in df.columns if c not in key]}")
@@ -243,17 +235,15 @@ def table_with_reported(profile: str = "tiny") -> pd.DataFrame:
     paper = reported("tables5to8_hyperparameters")
     merged = ours.merge(paper, on=["stage", "hyperparameter"], how="left", suffixes=("", " (paper)"))
     cols = ["stage", "hyperparameter"]
-    for s in PAPER_SUBTASKS:
-        code = get_subtask(s).code
+    for code in (get_subtask(s).code for s in PAPER_SUBTASKS):
         cols += [code, f"{code} (paper)"]
     return merged[cols].map(_text)
 
 
 def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
     """The trainer settings an LLF cell of `subtask` ran with `sizes` (`experiments.Sizes`, e.g. an llf_main run's
-    recorded sizes): rows
-    {stage, hyperparameter, value}, the experiments' overrides where they set one, else the preset's (Tables 5-8
-    render the presets; this says what the experiments changed)."""
+    recorded sizes): rows {stage, hyperparameter, value}, the experiments' overrides where they set one, else the
+    preset's (Tables 5-8 render the presets; this says what the experiments changed)."""
     text = get_subtask(subtask).text_output
     rows = []
 
