@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aa_lib import data, llf, mini, progress
-from aa_lib.media import encode_png, write_bytes_atomic, write_folder_atomic
+from aa_lib.media import encode_png, load_image, write_bytes_atomic, write_folder_atomic
 from aa_lib.subtasks import get_subtask
 
 # The family each subtask trains at profile tiny (the paper's families, SPEC §1; t2t has no paper column: llama;
@@ -353,8 +353,6 @@ def _png(image) -> bytes:
     if isinstance(image, bytes):
         return image
     if isinstance(image, dict):
-        from aa_lib.media import load_image
-
         image = load_image(image)
     return encode_png(np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image))
 
@@ -597,8 +595,6 @@ class ImagePolicy:
 
     def pair_response(self, pair: dict, side: str):
         """The response of a preference pair's `side`: its image (ti2ti: {"text", "image"})."""
-        from aa_lib.media import load_image
-
         image = np.asarray(load_image(pair[f"{side}_images"][-1]).convert("RGB"))
         texts = [c["text"] for c in pair[side][-1]["content"] if c["type"] == "text"]
         return {"text": texts[0], "image": image} if texts else image
