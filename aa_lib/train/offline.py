@@ -14,8 +14,8 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 from trl.experimental.orpo import ORPOConfig as TRLORPOConfig
 from trl.experimental.orpo import ORPOTrainer
 
-from aa_lib.models import load_model
-from aa_lib.train.common import AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for
+from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, load_reference,
+                                 peft_config_for)
 
 
 @dataclass
@@ -67,10 +67,7 @@ def build_kto_trainer(config: KTOConfig, model_path, dataset) -> trl.KTOTrainer:
     if "label" not in ds.column_names:
         ds = to_kto(ds)
     peft = peft_config_for(model, family, config)
-    ref = None
-    if peft is None:
-        ref, _ = load_model(model_path, family=family)
-        ref.requires_grad_(False).eval()
+    ref = load_reference(model_path, family) if peft is None else None
     return trl.KTOTrainer(model=model, ref_model=ref, args=config, train_dataset=ds, processing_class=tok,
                           peft_config=peft)
 
