@@ -25,12 +25,12 @@ class KTOConfig(AAOptions, trl.KTOConfig):
 
 @dataclass
 class SimPOConfig(AAOptions, CPOConfig):
-    """TRL's CPOConfig set to SimPO: length-normalised log-probability reward, margin `simpo_gamma`, no NLL term."""
+    """TRL's CPOConfig set to SimPO: length-normalised log-probability reward, margin `simpo_gamma` (TRL's 0.5),
+    no NLL term."""
 
     loss_type: str = field(default="simpo", metadata={"help": "CPO loss; 'simpo' for SimPO."})
     cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of the NLL (BC) term; SimPO uses none."})
     beta: float = field(default=2.0, metadata={"help": "SimPO reward scale beta (SimPO paper: 2.0-2.5)."})
-    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target reward margin gamma."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "TRL's pair collator needs every column."})
 
 

@@ -25,9 +25,9 @@ class GRPOConfig(AAOptions, trl.GRPOConfig):
 
 @dataclass
 class RLOOConfig(AAOptions, trl.RLOOConfig):
-    """TRL's RLOOConfig with aa_lib's CPU-friendly defaults; the baseline is the mean of the other samples."""
+    """TRL's RLOOConfig with aa_lib's CPU-friendly defaults; the baseline is the mean of the other samples in a
+    group of `num_generations` (TRL's default 2) completions per prompt."""
 
-    num_generations: int = field(default=2, metadata={"help": "Completions per prompt (leave-one-out group)."})
     max_completion_length: int = field(default=64, metadata={"help": "Longest sampled completion (tokens)."})
 
 

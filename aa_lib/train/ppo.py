@@ -416,9 +416,7 @@ def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset,
         reward_model = load_reward_model(reward_model)[0]
     policy, processor, family = load_for_training(policy_path, args)
     peft = peft_config_for(policy, family, args)
-    ref = None
-    if peft is None:
-        ref, _ = load_model(policy_path, family=family)
+    ref = load_model(policy_path, family=family)[0] if peft is None else None
     value_model = value_model if value_model is not None else build_score_model(policy_path, family, seed=args.seed)
     return PPOTrainer(args=args, processing_class=processor, model=policy, ref_model=ref, reward_model=reward_model,
                       train_dataset=train_dataset, value_model=value_model, eval_dataset=eval_dataset,
