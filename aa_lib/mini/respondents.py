@@ -230,18 +230,15 @@ def respond_scene(item: dict, faults: list[str], rng, cfg: WorldConfig) -> dict:
         if "noise" in faults:
             scene["noise"] = NOISY_PIXELS
         return scene
+    if kind in ("image", "video") and "wrong_attribute" in faults:
+        attr = str(rng.choice(ATTRS[kind][:3]))  # color, shape and position (image) or direction (video)
+        scene[attr] = _other(rng, CHOICES[attr], scene[attr])
     if kind == "image":
-        if "wrong_attribute" in faults:
-            attr = str(rng.choice(["color", "shape", "position"]))
-            scene[attr] = _other(rng, CHOICES[attr], scene[attr])
         if "wrong_detail" in faults or "redundant" in faults:
             scene["count"] = _wrong(rng, "count", scene["count"], cfg)
         if "missing_detail" in faults:
             scene["radius"] = 2.5
     elif kind == "video":
-        if "wrong_attribute" in faults:
-            attr = str(rng.choice(["color", "shape", "direction"]))
-            scene[attr] = _other(rng, CHOICES[attr], scene[attr])
         if "wrong_detail" in faults:
             scene["morph"] = _other(rng, SHAPES, scene["shape"])
         if "ignore_format" in faults:
