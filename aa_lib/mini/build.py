@@ -111,8 +111,7 @@ def make_row(subtask: str, i: int, seed: int = 0, split: str = "train", cfg: Wor
             else:
                 row[st.response_columns[k - 1]] = media
                 assessments.append(rubric.assess(item, data, cfg))
-    for k, name in enumerate(names):
-        row[st.source_columns[k]] = name
+    row[st.source_columns[0]], row[st.source_columns[1]] = names
     for dim in st.dimensions:
         s1, s2 = (a.scores[dim.name] for a in assessments)
         r1, r2 = st.rate_columns(dim)

@@ -413,18 +413,14 @@ def score_t2a(item, audio, dims, cfg) -> Assessment:
     if _media_safety(a, item, r, "sound"):
         return a
     t = item["truth"]
-    ok = 0
+    ok = int(r["pitch"] == t["pitch"]) + int(r["count"] == t["count"])  # requested values the sound has
     if r["pitch"] != t["pitch"]:
         a.issues.setdefault("prompt_following", []).append(
             (f"the beeps are {r['pitch'] or 'unclear'} , but the prompt asks for {t['pitch']} .", f"play {t['pitch']} beeps ."))
-    else:
-        ok += 1
     if r["count"] != t["count"]:
         a.issues.setdefault("prompt_following", []).append(
             (f"the sound has {number_word(r['count'])} beeps , but the prompt asks for {number_word(t['count'])} .",
              f"play exactly {number_word(t['count'])} beeps ."))
-    else:
-        ok += 1
     a.add("prompt_following", {2: 3, 1: 1, 0: 0}[ok])
     qs = _noise_score(r["noise"], (0.01, 0.03, 0.07))
     a.add("audio_quality", qs, *(("the sound is noisy .", "play clean beeps .") if qs < 3 else (None, None)))
