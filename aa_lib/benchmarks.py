@@ -14,21 +14,21 @@ for this project after each benchmark's published protocol (what the judge sees,
   per aspect and their mean. Its file format could not be confirmed offline: `load_interleaved_bench` reads a
   documented JSONL layout with a `column_map` for the real file's names.
 
-Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts into the item format of LLaVA-Bench
-(ti2t), MIA-Bench (ti2t), Video-ChatGPT (tv2t), AIR-Bench (ta2t) and InterleavedBench (ti2ti), and
-`mini_bench_judge` is a `FunctionJudge` over the mini rubric answering in each benchmark's format and scale;
-`MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2.
-The request builders and scoring functions are the same at both profiles.
+Tiny profile: `mini_bench_items` turns align-anything-mini held-out prompts of each benchmark's subtask
+(`MINI_BENCHMARKS`) into its items, `mini_bench_judge` is a `FunctionJudge` over the mini rubric answering in each
+benchmark's format and scale, and `MiniImageScorer` is the t2i counterpart of ImageReward / HPS v2. The request
+builders and scoring functions are the same at both profiles.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, create_model, field_validator
@@ -54,6 +54,13 @@ def _media(base: str | os.PathLike | None, name: str, where: str, check_files: b
     return full
 
 
+def _records(path: str | os.PathLike, model, jsonl: bool) -> Iterator[tuple[int, str, Any]]:
+    """(index, where, record) for each entry of a JSONL file or a JSON list, validated as the pydantic `model`."""
+    for i, row in enumerate(read_jsonl(Path(path)) if jsonl else read_json(Path(path))):
+        where = f"{path}: line {i + 1}" if jsonl else f"{path}: entry {i}"
+        yield i, where, parse_record(model, row, where)
+
+
 def _two_scores(text: str, low: float = 1, high: float = 10) -> tuple[float, float] | None:
     """The LLaVA / AIR-Bench review format: the first line holds the two assistants' scores ("8 9" or "8, 9")."""
     first = (text or "").strip().split("\n")[0].replace(",", " ").split()
@@ -66,8 +73,17 @@ def _two_scores(text: str, low: float = 1, high: float = 10) -> tuple[float, flo
     return (a, b) if low <= a <= high and low <= b <= high else None
 
 
+def _scored(results: Iterable[JudgeResult], empty_error: str) -> list:
+    """The scores of the reviews that succeeded (failed ones are left out); none raises `empty_error`."""
+    scored = [r.score for r in results if r.ok]
+    if not scored:
+        raise ValueError(empty_error)
+    return scored
+
+
 _TWO_SCORES_REASK = "Please output only the two scores (1-10) for Assistant 1 and Assistant 2 on the first line, " \
                     "separated by a space, then your explanation."
+REVIEW_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."  # LLaVA, AIR-Bench
 
 # -------------------------------------------------------------------------------------------------- LLaVA-Bench (COCO)
 # One pydantic model per record kind: the fields its file must have (other keys are ignored). A box's bbox is
@@ -83,19 +99,15 @@ def load_llava_bench(questions: str | os.PathLike, answers: str | os.PathLike, c
     """`questions.jsonl` (question_id, image, text, category), the reference `answers_gpt4.jsonl` (question_id,
     text) and optionally `caps_boxes_coco2014_val_80.jsonl` (image, caption, instances) shown to the judge."""
     refs = {}
-    for i, row in enumerate(read_jsonl(Path(answers))):
-        r = parse_record(LlavaAnswerRecord, row, f"{answers}: line {i + 1}")
+    for _, _, r in _records(answers, LlavaAnswerRecord, jsonl=True):
         refs[r.question_id] = r.text
     ctx = {}
     if context is not None:
-        for i, row in enumerate(read_jsonl(Path(context))):
-            r = parse_record(LlavaContextRecord, row, f"{context}: line {i + 1}")
+        for _, _, r in _records(context, LlavaContextRecord, jsonl=True):
             boxes = [f"{b.category}: {b.bbox}" for b in r.instances]
             ctx[r.image] = "\n".join(r.caption + ([""] + boxes if boxes else []))
     items = []
-    for i, row in enumerate(read_jsonl(Path(questions))):
-        where = f"{questions}: line {i + 1}"
-        r = parse_record(LlavaQuestionRecord, row, where)
+    for _, where, r in _records(questions, LlavaQuestionRecord, jsonl=True):
         if r.question_id not in refs:
             raise ValueError(f"{where} (question_id {r.question_id}): no reference answer in {answers}")
         if context is not None and r.image not in ctx:
@@ -107,7 +119,6 @@ def load_llava_bench(questions: str | os.PathLike, answers: str | os.PathLike, c
     return items
 
 
-LLAVA_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 LLAVA_RULE = (
     "We would like your feedback on the performance of two AI assistants answering the user question about the "
     "image above, described by its captions and object boxes. Rate the helpfulness, relevance, accuracy and level "
@@ -121,7 +132,7 @@ def llava_request(item: BenchItem, answer: str) -> JudgeRequest:
     user = (f"[Context]\n{item.extra.get('context', '')}\n\n[Question]\n{item.question}\n\n"
             f"[Assistant 1]\n{item.reference}\n[End of Assistant 1]\n\n[Assistant 2]\n{answer}\n"
             f"[End of Assistant 2]\n\n[System]\n{LLAVA_RULE}\n")
-    return JudgeRequest(user=user, system=LLAVA_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
+    return JudgeRequest(user=user, system=REVIEW_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
                         meta={"item": item, "responses": (answer,)})
 
 
@@ -163,9 +174,7 @@ def load_mia_bench(path: str | os.PathLike, image_dir: str | os.PathLike | None 
     Images are often COCO URLs; with `image_dir` the URL's file name is looked up there.
     """
     items = []
-    for i, row in enumerate(read_json(Path(path))):
-        where = f"{path}: entry {i}"
-        r = parse_record(MIARecord, row, where)
+    for i, where, r in _records(path, MIARecord, jsonl=False):
         image = r.image if image_dir is None else _media(image_dir, r.image.rsplit("/", 1)[-1], where, check_files)
         items.append(BenchItem(id=r.id if r.id is not None else str(i), question=r.instruction, media=(image,),
                                category=r.type, extra={"components": r.components, "weights": r.component_weight,
@@ -201,9 +210,7 @@ def parse_mia_total(text: str) -> float | None:
 
 def mia_score(results: Iterable[JudgeResult]) -> float:
     """100 * the mean total fraction over the reviewed items."""
-    totals = [r.score for r in results if r.ok]
-    if not totals:
-        raise ValueError("MIA-Bench: no item was scored")
+    totals = _scored(results, "MIA-Bench: no item was scored")
     return 100 * sum(totals) / len(totals)
 
 
@@ -274,9 +281,7 @@ def video_chatgpt_scores(results: dict[str, Sequence[JudgeResult]]) -> dict[str,
     """Mean score per dimension (0-5) and their mean ('mean')."""
     out = {}
     for dim, res in results.items():
-        scored = [r.score for r in res if r.ok]
-        if not scored:
-            raise ValueError(f"Video-ChatGPT: no item was scored for {dim!r}")
+        scored = _scored(res, f"Video-ChatGPT: no item was scored for {dim!r}")
         out[dim] = sum(scored) / len(scored)
     out["mean"] = sum(out.values()) / len(out)
     return out
@@ -291,16 +296,11 @@ def load_air_bench_chat(meta: str | os.PathLike, audio_dir: str | os.PathLike | 
                         check_files: bool = False) -> list[BenchItem]:
     """`Chat_meta.json`: uniq_id, task_name, dataset_name, path (the audio), question, answer_gt."""
     items = []
-    for i, row in enumerate(read_json(Path(meta))):
-        where = f"{meta}: entry {i}"
-        r = parse_record(AirChatRecord, row, where)
+    for i, where, r in _records(meta, AirChatRecord, jsonl=False):
         items.append(BenchItem(id=r.uniq_id if r.uniq_id is not None else str(i), question=r.question,
                                media=(_media(audio_dir, r.path, where, check_files),), reference=r.answer_gt,
                                category=r.task_name, extra={"meta_info": r.meta_info}))
     return items
-
-
-AIR_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 
 
 def air_request(item: BenchItem, answer: str) -> JudgeRequest:
@@ -310,15 +310,13 @@ def air_request(item: BenchItem, answer: str) -> JudgeRequest:
             "[End of Assistant 2]\n\nRate the usefulness, relevance, accuracy and comprehensiveness of both "
             "answers to the question about the audio, each from 1 to 10 (higher is better). Output a single line "
             "with the two scores separated by a space, then explain without bias from the order of the answers.")
-    return JudgeRequest(user=user, system=AIR_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
+    return JudgeRequest(user=user, system=REVIEW_SYSTEM, parser=_two_scores, reask_prompt=_TWO_SCORES_REASK,
                         meta={"item": item, "responses": (answer,)})
 
 
 def air_chat_score(results: Iterable[JudgeResult]) -> float:
     """The candidate's (Assistant 2's) mean score, 1-10."""
-    scored = [r.score[1] for r in results if r.ok]
-    if not scored:
-        raise ValueError("AIR-Bench: no item was scored")
+    scored = [s[1] for s in _scored(results, "AIR-Bench: no item was scored")]
     return sum(scored) / len(scored)
 
 
@@ -379,8 +377,7 @@ def load_image_scorer(model_path: str | os.PathLike, load: Callable[[str], Any],
             raise TypeError(f"{type(model).__name__} loaded from {path} has no score(prompt, image); pass score=")
         fn = model.score
     else:
-        def fn(prompt, image):
-            return score(model, prompt, image)
+        fn = functools.partial(score, model)
     return CallableImageScorer(fn, name=name or path.name)
 
 
@@ -458,9 +455,7 @@ def load_interleaved_bench(path: str | os.PathLike, image_dir: str | os.PathLike
         input_images=(_ImagePaths, Field([], validation_alias=cmap["input_images"])),
         reference=(Any, Field(None, validation_alias=cmap["reference"])))
     items = []
-    for i, row in enumerate(read_jsonl(Path(path))):
-        where = f"{path}: line {i + 1}"
-        r = parse_record(record, row, where)
+    for _, where, r in _records(path, record, jsonl=True):
         ref_where = f"{where}: field {cmap['reference']!r}"
         steps = None if r.reference is None else _interleaved_steps(r.reference, ref_where)
         items.append(BenchItem(
@@ -548,9 +543,7 @@ def interleaved_request(item: BenchItem, output) -> JudgeRequest:
 
 def interleaved_scores(results: Iterable[JudgeResult]) -> dict[str, float]:
     """Mean per aspect (1-5) over the reviewed items, and 'overall' (the mean of the aspect means)."""
-    scored = [r.score for r in results if r.ok]
-    if not scored:
-        raise ValueError("InterleavedBench: no item was scored")
+    scored = _scored(results, "InterleavedBench: no item was scored")
     out = {a: sum(s[a] for s in scored) / len(scored) for a in INTERLEAVED_ASPECTS}
     out["overall"] = sum(out.values()) / len(INTERLEAVED_ASPECTS)
     return out
@@ -561,22 +554,18 @@ MINI_BENCHMARKS = {"llava": "ti2t", "mia": "ti2t", "video_chatgpt": "tv2t", "air
                    "interleaved": "ti2ti"}  # benchmark -> mini subtask
 
 
-def _max_overall(subtask: str) -> float:
-    from aa_lib.mini.rubric import WEIGHTS
-    from aa_lib.subtasks import get_subtask
-
-    return 3.0 * sum(WEIGHTS.get(d.name, 1.0) for d in get_subtask(subtask).dimensions)
-
-
 def mini_fraction(meta, response, subtask: str) -> float:
     """The mini rubric's overall score of `response` normalised to [0, 1] (1 = every dimension at its best)."""
     from aa_lib.mini import rubric_score
+    from aa_lib.mini.rubric import WEIGHTS
+    from aa_lib.subtasks import get_subtask
 
-    return rubric_score(meta, response, subtask)["overall"] / _max_overall(subtask)
+    best = 3.0 * sum(WEIGHTS.get(d.name, 1.0) for d in get_subtask(subtask).dimensions)
+    return rubric_score(meta, response, subtask)["overall"] / best
 
 
 def mini_bench_items(benchmark: str, n: int, seed: int, media_dir: str | os.PathLike) -> list[BenchItem]:
-    """`n` held-out mini prompts as items of `benchmark` ('llava', 'video_chatgpt' or 'air'); media are written
+    """`n` held-out mini prompts as items of `benchmark` (a key of `MINI_BENCHMARKS`); media are written
     under `media_dir` (atomically) and the prompt's hidden truth travels in `extra['mini_meta']` for the judge.
 
     The reference answer is the world's reference (the refusal for unsafe prompts); LLaVA items carry the
@@ -600,8 +589,7 @@ def mini_bench_items(benchmark: str, n: int, seed: int, media_dir: str | os.Path
         t = meta["truth"]
         extra = {"mini_meta": row["mini_meta"]}
         if benchmark == "llava":
-            things = f"{t['count']} {t['color']} {t['shape']}(s)"
-            extra["context"] = f"An image of {things} at the {t['position']}."
+            extra["context"] = f"An image of {t['count']} {t['color']} {t['shape']}(s) at the {t['position']}."
         elif benchmark == "air":
             extra["meta_info"] = None  # AIR-Bench shows no audio description to the judge for chat items
         elif benchmark == "mia":  # one component, the whole instruction, worth the 10 points

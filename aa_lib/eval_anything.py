@@ -397,9 +397,9 @@ def parse_agent_output(text: str) -> AgentOutput:
     A section that is missing, empty or "None" means the modality was not produced. Text before the first tag
     counts as the response when no `[[response]]` section is given.
     """
-    out = AgentOutput()
-    matches = list(_TAG_RE.finditer(text or ""))
-    lead = (text or "")[: matches[0].start() if matches else len(text or "")].strip()
+    out, text = AgentOutput(), text or ""
+    matches = list(_TAG_RE.finditer(text))
+    lead = (text[:matches[0].start()] if matches else text).strip()
     for k, m in enumerate(matches):
         end = matches[k + 1].start() if k + 1 < len(matches) else len(text)
         body = text[m.end():end].strip()
@@ -433,11 +433,6 @@ class SynergyScorer(nn.Module):
         return torch.sigmoid(self.logit(a, b))
 
 
-def bradley_terry_loss(logit_chosen: torch.Tensor, logit_rejected: torch.Tensor) -> torch.Tensor:
-    """-log σ(r_chosen - r_rejected), the reward-model loss on preference pairs."""
-    return -F.logsigmoid(logit_chosen - logit_rejected).mean()
-
-
 @dataclass
 class SynergyPairs:
     """Preference pairs: (chosen_a, chosen_b) was judged more synergistic than (rejected_a, rejected_b)."""
@@ -458,7 +453,7 @@ class SynergyPairs:
 
 def train_synergy_scorer(model: SynergyScorer, pairs: SynergyPairs, *, epochs: int = 20, lr: float = 1e-3,
                          batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
-    """Train with the Bradley-Terry loss; returns the mean loss per epoch."""
+    """Train with the Bradley-Terry loss -log σ(r_chosen - r_rejected); returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = []
@@ -468,8 +463,9 @@ def train_synergy_scorer(model: SynergyScorer, pairs: SynergyPairs, *, epochs: i
         total = 0.0
         for start in range(0, len(pairs), batch_size):
             idx = order[start:start + batch_size]
-            loss = bradley_terry_loss(model.logit(pairs.chosen_a[idx], pairs.chosen_b[idx]),
-                                      model.logit(pairs.rejected_a[idx], pairs.rejected_b[idx]))
+            chosen = model.logit(pairs.chosen_a[idx], pairs.chosen_b[idx])
+            rejected = model.logit(pairs.rejected_a[idx], pairs.rejected_b[idx])
+            loss = -F.logsigmoid(chosen - rejected).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

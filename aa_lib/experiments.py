@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +134,7 @@ class Sizes:
 # steps at 1e-3 with all dropped: oracle +9.6 to +16 (fixes 32-49 % of wrong answers), generic +2.0 to +3.8; tv2t:
 # oracle +18 (60 %), generic +1.9. Then DPO (8 steps) on 64 pairs synthesized with the oracle critique moved the
 # greedy answer by +3.3 / +5.4 points at lr 5e-5 / 2e-4 (ti2t), +0.3 / +2.6 (tv2t); on the binary pairs +0.2 / +2.2
-# and +0.5 / +1.7 (one seed, 300 held-out prompts). The learning rate the experiments use is chosen on the
-# validation split (`lr_selection`), as PPO's (3 rates; the reward model is trained on the validation rows' pairs).
+# and +0.5 / +1.7 (one seed, 300 held-out prompts).
 # The shared critic (`train_critic`, text): 300 steps (lr 1e-3, batch 16) on 2,000 rows' (x, policy sample, rubric
 # critique), critique_tokens 64 (40 cut the oracle's multi-issue critiques). Measured at 600 steps on ti2t (seed 0, 200
 # held-out prompts, `refinement_probe`): 84.5 % well-formed critiques (the per-seed feedback model of 20 steps on 64
@@ -176,10 +175,8 @@ SIZES = {
 # of the benchmarks; None leaves a trainer's steps, batch, learning rate and length to Tables 5-8
 # (`presets.make_config`). The responses' lengths are the paper's generation budgets.
 PAPER_SIZES = dict(n_sft=0, n_align=None, n_heldout=None, feedback_steps=None, feedback_lr=None, dpo_steps=None,
-                   critic_rows=0, n_probe_prompts=None,
-                   dpo_lr_grid=(),
-                   reward_steps=None, ppo_episodes=None, batch_size=None, max_length=None, max_new_tokens=512,
-                   critique_tokens=512, gen_batch_size=8)
+                   critic_rows=0, n_probe_prompts=None, dpo_lr_grid=(), reward_steps=None, ppo_episodes=None,
+                   batch_size=None, max_length=None, max_new_tokens=512, critique_tokens=512, gen_batch_size=8)
 PAPER_SMOKE = dict(n_align=8, n_heldout=4, feedback_steps=1, dpo_steps=1, reward_steps=1, ppo_episodes=4, batch_size=2,
                    max_length=256, max_new_tokens=8, critique_tokens=8)  # the rehearsal's tests: seconds per stage
 
@@ -234,12 +231,12 @@ class HeldOut:
         return mini.judge_pair(self.metas[i], a, b, self.subtask)
 
 
-def heldout(subtask: str, sizes: Sizes, root=".cache/mini", inputs: Inputs | None = None, cache_dir=None):
+def heldout(subtask: str, sizes: Sizes, root=".cache/mini", inputs: Inputs | None = None):
     """The held-out prompts (the mini world's `heldout` stream; prompts identical to `mini.heldout_prompts`), or
-    with `inputs.benchmarks` (profile paper) the benchmarks' items, judged with replies cached under `cache_dir`."""
-    if inputs is not None and inputs.benchmarks:
-        return BenchmarkHeldOut(get_subtask(subtask).name, inputs, cache_dir or judge_cache(), sizes.n_heldout)
+    with `inputs.benchmarks` (profile paper) the benchmarks' items, judged with replies cached in `judge_cache()`."""
     name = get_subtask(subtask).name
+    if inputs is not None and inputs.benchmarks:
+        return BenchmarkHeldOut(name, inputs, judge_cache(), sizes.n_heldout)
     return HeldOut.of_rows(mini.dataset(name, sizes.n_heldout, seed=sizes.heldout_seed, split="heldout", root=root))
 
 
@@ -284,14 +281,14 @@ def lr_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> 
         return max(rows_, key=lambda r: r["validation_score"]) if rows_ else None
 
     def run_dpo(pairs_name, pairs, lr, steps):
-        trial = Sizes(**{**sizes_dict(sizes), "dpo_lr": lr, "dpo_steps": steps})
+        trial = replace(sizes, dpo_lr=lr, dpo_steps=steps)
         model = dpo(subtask, policy, pairs, out / f"{pairs_name}-lr-{lr:g}-steps-{steps}", trial, VALIDATION_SEED,
                     profile)
         sweep.append({"method": "dpo", "pairs": pairs_name, "lr": lr, "steps": steps, "n_pairs": len(pairs),
                       "validation_score": evaluate(model, val, trial)["score"]})
 
     def run_ppo(lr, episodes):
-        trial = Sizes(**{**sizes_dict(sizes), "ppo_lr": lr, "ppo_episodes": episodes})
+        trial = replace(sizes, ppo_lr=lr, ppo_episodes=episodes)
         model, _ = ppo(subtask, policy, data.to_reward_pairs(rows), data.to_prompts(rows),
                        out / f"ppo-lr-{lr:g}-rollouts-{episodes}", trial, VALIDATION_SEED, profile)
         sweep.append({"method": "ppo", "pairs": "binary", "lr": lr, "rollouts": episodes,
@@ -322,13 +319,12 @@ def lr_selection(subtask: str, out_dir, sizes: Sizes, profile: str = "tiny") -> 
 
 def with_selection(sizes: Sizes, selection: dict) -> Sizes:
     """`sizes` with the learning rates and lengths `lr_selection` chose."""
-    return Sizes(**{**sizes_dict(sizes), **{k: selection[k] for k in SELECTED}})
+    return replace(sizes, **{k: selection[k] for k in SELECTED})
 
 
 def llf_dpo_sizes(sizes: Sizes) -> Sizes:
     """The sizes of DPO on synthesized pairs: `dpo_llf_lr` and `dpo_llf_steps` as DPO's (when set)."""
-    return Sizes(**{**sizes_dict(sizes), "dpo_lr": sizes.dpo_llf_lr or sizes.dpo_lr,
-                    "dpo_steps": sizes.dpo_llf_steps or sizes.dpo_steps})
+    return replace(sizes, dpo_lr=sizes.dpo_llf_lr or sizes.dpo_lr, dpo_steps=sizes.dpo_llf_steps or sizes.dpo_steps)
 
 
 def cell_inputs(profile: str, params: dict | None) -> Inputs:
@@ -384,7 +380,7 @@ CRITIC_SEED = 2000  # the mini train rows of the shared critic (alignment seeds 
 
 def critic_sizes(sizes: Sizes) -> Sizes:
     """A feedback model's sizes with the shared critic's steps and learning rate."""
-    return Sizes(**{**sizes_dict(sizes), "feedback_steps": sizes.critic_steps, "feedback_lr": sizes.critic_lr})
+    return replace(sizes, feedback_steps=sizes.critic_steps, feedback_lr=sizes.critic_lr)
 
 
 def train_critic(subtask: str, policy, out_dir, sizes: Sizes, seed: int, root=".cache/mini") -> Path:
@@ -467,15 +463,15 @@ def evaluate(model_or_path, held: HeldOut, sizes: Sizes, seed: int = 0) -> dict:
     return out
 
 
-def respondent_scores(held: HeldOut, seed: int = 0, answer=None) -> dict:
+def respondent_scores(held: HeldOut, seed: int = 0) -> dict:
     """Fig. 11's "other models": each simulated respondent of the mini world answers the held-out prompts (its
-    faults drawn with `seed` and the prompt index) and is scored by the same rubric. `answer(item, faults, rng,
-    cfg)` writes one response (default: the policy family's, a text or a drawing)."""
+    faults drawn with `seed` and the prompt index; the policy family's `answer` writes a text or a drawing) and is
+    scored by the same rubric."""
     from aa_lib.mini.respondents import RESPONDENTS, sample_faults
 
     if not isinstance(held, HeldOut):
         return {}  # profile paper: the mini world's respondents answer only mini prompts
-    answer = answer or policy_for(held.subtask).answer
+    answer = policy_for(held.subtask).answer
     out = {}
     for k, (name, resp) in enumerate(sorted(RESPONDENTS.items())):
         answers = []
@@ -687,8 +683,7 @@ def pair_agreement(pairs, oracle: Critic) -> dict:
     """Probe (c): the share of preference pairs whose chosen response the rubric scores higher (ties apart)."""
     fam = policy_for(oracle.subtask)
     better = ties = 0
-    for i in range(len(pairs)):
-        ex = pairs[i]
+    for ex in pairs:
         meta = oracle.metas[llf.example_key(fam.prompt_example({"prompt": ex["prompt"], **{
             c: ex[c] for c in llf.MEDIA_COLUMNS if c in ex}}))]
         a, b = (fam.pair_response(ex, side) for side in ("chosen", "rejected"))
@@ -696,8 +691,9 @@ def pair_agreement(pairs, oracle: Critic) -> dict:
         better += sa > sb
         ties += sa == sb
     n = len(pairs)
-    return {"n": n, "agree": float(100 * better / max(n, 1)), "ties": float(100 * ties / max(n, 1)),
-            "disagree": float(100 * (n - better - ties) / max(n, 1))}
+    d = max(n, 1)
+    return {"n": n, "agree": float(100 * better / d), "ties": float(100 * ties / d),
+            "disagree": float(100 * (n - better - ties) / d)}
 
 
 # ---------------------------------------------------------------------------------------------------- initial policy
@@ -706,17 +702,15 @@ def initial_policy(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut
     """Train the initial policy (the `policy` notebook); score it, the untrained model and a chance-like baseline
     (the policy's answers to other prompts). With `inputs.policy` (profile paper) the checkpoint is the initial
     policy as it is (`checkpoint`), scored on the benchmarks."""
+    head = {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes)}
     if inputs is not None and inputs.policy:
-        initial = evaluate(inputs.policy, held, sizes)
-        return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
-                "checkpoint": inputs.policy, "initial": summary(initial)}
+        return {**head, "checkpoint": inputs.policy, "initial": summary(evaluate(inputs.policy, held, sizes))}
     trained = train_policy(subtask, out_dir, seed, sizes)
     untrained = evaluate(trained["untrained"], held, sizes)
     initial = evaluate(trained["policy"], held, sizes)
     shifted = initial["responses"][1:] + initial["responses"][:1]
     chance = score_responses(subtask, held.metas, shifted)
-    return {"subtask": subtask, "seed": seed, "family": family_for(subtask), "sizes": sizes_dict(sizes),
-            "untrained": summary(untrained), "initial": summary(initial), "chance_like": summary(chance),
+    return {**head, "untrained": summary(untrained), "initial": summary(initial), "chance_like": summary(chance),
             "train": trained}
 
 
@@ -745,29 +739,27 @@ def llf_main_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held: HeldOut,
     # are reused.
     same_eval = all(pol.get("sizes", {}).get(k) == getattr(sizes, k) for k in EVALUATION_FIELDS)
     methods = {"initial": pol["initial"] if same_eval else evaluate(policy, held, sizes)}
-    trained = {"dpo": dpo(subtask, policy, pairs, out / "dpo", sizes, seed, profile)}
-    methods["dpo"] = evaluate(trained["dpo"], held, sizes)
+    trained = {}
+
+    def run_dpo(name, method_pairs, dpo_sizes):  # DPO from the policy into out/name, scored on the held-out prompts
+        trained[name] = dpo(subtask, policy, method_pairs, out / name, dpo_sizes, seed, profile)
+        methods[name] = evaluate(trained[name], held, sizes)
+
+    run_dpo("dpo", pairs, sizes)
     critic = shared_critic(subtask, profile)
     feedback = critic or train_feedback(subtask, policy, align, out / "feedback_model", sizes, seed, profile=profile)
     synth = synthesize(policy, feedback, align, out / "synthesis", len(pairs), sizes, seed)
     if synth is not None:
-        trained["dpo_llf"] = dpo(subtask, policy, synth, out / "dpo_llf", llf_dpo_sizes(sizes), seed, profile)
-        methods["dpo_llf"] = evaluate(trained["dpo_llf"], held, sizes)
+        run_dpo("dpo_llf", synth, llf_dpo_sizes(sizes))
     probes = {}
     if isinstance(held, HeldOut):  # the controls and probes need the mini world's truth (profile tiny)
         oracle = oracle_for_rows(align)
         oracle_synth = synthesize(policy, oracle, align, out / "synthesis_oracle", len(pairs), sizes, seed)
         if oracle_synth is not None:
-            trained["dpo_oracle_llf"] = dpo(subtask, policy, oracle_synth, out / "dpo_oracle_llf",
-                                            llf_dpo_sizes(sizes), seed, profile)
-            methods["dpo_oracle_llf"] = evaluate(trained["dpo_oracle_llf"], held, sizes)
-        trained["dpo_shuffled"] = dpo(subtask, policy, shuffled_pairs(pairs, seed), out / "dpo_shuffled", sizes,
-                                      seed, profile)
-        methods["dpo_shuffled"] = evaluate(trained["dpo_shuffled"], held, sizes)
-        probes = {"pairs": {"binary": pair_agreement(pairs, oracle),
-                            **({"llf": pair_agreement(synth, oracle)} if synth is not None else {}),
-                            **({"oracle_llf": pair_agreement(oracle_synth, oracle)} if oracle_synth is not None
-                               else {})},
+            run_dpo("dpo_oracle_llf", oracle_synth, llf_dpo_sizes(sizes))
+        run_dpo("dpo_shuffled", shuffled_pairs(pairs, seed), sizes)
+        probes = {"pairs": {k: pair_agreement(p, oracle) for k, p in (("binary", pairs), ("llf", synth),
+                                                                       ("oracle_llf", oracle_synth)) if p is not None},
                   "synthesis_oracle": synthesis_report(out / "synthesis_oracle"),
                   "dpo_steps": {k: dpo_log(v) for k, v in trained.items()},
                   "refinement": refinement_probe(policy, probe_prompts(held, sizes), sizes, seed, feedback)}
@@ -808,7 +800,7 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
     out = Path(out_dir)
     policy, _ = initial_checkpoint(subtask, profile)
     _, main = run_results("llf_main", seed, subtask, profile=profile)
-    sizes = Sizes(**{**sizes_dict(sizes), **{k: main["sizes"].get(k, getattr(sizes, k)) for k in SELECTED}})
+    sizes = replace(sizes, **{k: main["sizes"].get(k, getattr(sizes, k)) for k in SELECTED})
     llf_sizes = llf_dpo_sizes(sizes)  # llf_main's choices on the validation split
     _, align = world_rows(subtask, seed, sizes, inputs=inputs)
     n_pairs = main["binary_pairs"]
@@ -833,16 +825,16 @@ def feedback_fraction_seed(subtask: str, seed: int, out_dir, sizes: Sizes, held:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def policy_run(subtask: str, runs_root=None, spec: str = "policy", profile: str = "tiny") -> tuple[Path, dict]:
+def policy_run(subtask: str, profile: str = "tiny") -> tuple[Path, dict]:
     """(run folder, results) of the finished `policy` run of a subtask: its checkpoints are `untrained/`, `policy/`."""
     from aa_lib.runs import load_results, runs_root_default
 
-    root = Path(runs_root or runs_root_default())
-    for r in load_results(spec, root, profile):
+    root = Path(runs_root_default())
+    for r in load_results("policy", root, profile):
         if r["results"].get("subtask") == subtask:
-            return root / spec / r["run"], r["results"]
-    raise FileNotFoundError(f"no finished `{spec}` run for subtask={subtask} at profile {profile} under {root}; run "
-                            f"`python -m aa_lib.runs {spec} --profile {profile}` first")
+            return root / "policy" / r["run"], r["results"]
+    raise FileNotFoundError(f"no finished `policy` run for subtask={subtask} at profile {profile} under {root}; run "
+                            f"`python -m aa_lib.runs policy --profile {profile}` first")
 
 
 def initial_checkpoint(subtask: str, profile: str = "tiny") -> tuple[Path, dict]:

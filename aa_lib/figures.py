@@ -16,19 +16,19 @@ import pandas as pd
 from aa_lib.media import write_bytes_atomic, write_text_atomic
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "paper_figures"
+REPORTED_DIR = Path(__file__).resolve().parent / "reported"  # copied verbatim from shared/paper/reported
+OURS, PAPER = "aa_lib (tiny profile, measured)", "paper (reported)"
+PALETTE = {"ours": "#1f77b4", "paper": "#bbbbbb"}
 
 
 def figures_dir() -> Path:
-    """Where figures go: `$AA_FIGURES_DIR` (set by the batch runner for smoke runs) or the repository's paper_figures/."""
+    """Where figures go: `$AA_FIGURES_DIR` (the batch runner's smoke runs set it) or the repository's paper_figures/."""
     return Path(os.environ.get("AA_FIGURES_DIR") or FIGURES_DIR)
-REPORTED_DIR = Path(__file__).resolve().parent / "reported"  # copied verbatim from shared/paper/reported
-OURS, PAPER = "aa_lib (tiny profile, measured)", "paper (reported)"
 
 
 def ours(profile: str = "tiny") -> str:
     """The label of this package's numbers at a profile (a paper-profile run, the rehearsal's too, is not tiny)."""
     return OURS if profile == "tiny" else f"aa_lib ({profile} profile, measured)"
-PALETTE = {"ours": "#1f77b4", "paper": "#bbbbbb"}
 
 
 def reported(name: str) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def plot_composition(counts: pd.DataFrame):
 
     set_style()
     table = counts.pivot_table(index="subtask", columns="prompt_type", values="rows", aggfunc="sum", fill_value=0)
-    table = table.loc[[s for s in counts["subtask"].drop_duplicates()]]
+    table = table.loc[list(counts["subtask"].drop_duplicates())]
     fig, ax = plt.subplots(figsize=(9, 4))
     bottom = None
     colors = plt.get_cmap("tab20").colors
@@ -170,17 +170,12 @@ def plot_human_ai_agreement(table: pd.DataFrame):
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def interval(values, level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the t confidence interval, n) of per-seed values (NaNs left out; n < 2: width NaN)."""
+def interval(values) -> tuple[float, float, int]:
+    """(mean, half-width of the 95 % t confidence interval, n) of per-seed values (NaNs left out; n < 2: width NaN)."""
     v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), 0
     if len(v) < 2:
-        return float(v.mean()), float("nan"), 1
-    if level != 0.95:
-        raise ValueError("interval: only the 95 % level is tabulated")
-    t = T95[len(v) - 1] if len(v) - 1 in T95 else 1.96
-    half = t * v.std(ddof=1) / np.sqrt(len(v))
+        return (float(v.mean()) if len(v) else float("nan")), float("nan"), len(v)
+    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
 
 

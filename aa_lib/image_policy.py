@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -93,12 +94,8 @@ def canonical_images(size: int = 32) -> list[np.ndarray]:
     images are among them (one shape; an edit changes only its colour or position)."""
     out = [canonical_image({"color": "red", "shape": "circle", "position": "left", "count": 1, "noise_seed": 0},
                            unsafe=True, size=size)]
-    for c in world.COLORS:
-        for s in world.SHAPES:
-            for p in world.POSITIONS:
-                for n in (1, 2, 3):
-                    out.append(canonical_image({"color": c, "shape": s, "position": p, "count": n, "noise_seed": 0},
-                                               size=size))
+    for c, s, p, n in itertools.product(world.COLORS, world.SHAPES, world.POSITIONS, (1, 2, 3)):
+        out.append(canonical_image({"color": c, "shape": s, "position": p, "count": n, "noise_seed": 0}, size=size))
     return out
 
 

@@ -138,13 +138,9 @@ class Judge:
     def _call(self, payload: dict) -> str:
         raise NotImplementedError
 
-    @staticmethod
-    def messages(request: JudgeRequest) -> list[dict]:
-        msgs = [{"role": "system", "content": request.system}] if request.system else []
-        return msgs + [{"role": "user", "content": request.user}]
-
     def judge(self, request: JudgeRequest) -> JudgeResult:
-        messages = self.messages(request)
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": request.user})
         low, high = self.score_range
         parse = request.parser or (lambda text: parse_score(text, self.score_range))
         reask = request.reask_prompt or REASK_PROMPT.format(low=low, high=high)
@@ -219,11 +215,10 @@ class HTTPJudge(Judge):
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.max_backoff, self.max_retry_after = max_backoff, max_retry_after
         self.params = {"temperature": temperature, "max_tokens": max_tokens, **(extra_body or {})}
-        # The client's own retries stay off: its backoff is fixed (0.5 s doubling to 8 s), it waits out any
-        # Retry-After up to 120 s and gives up on a longer one, and it retries 409; this judge promises a
-        # configurable backoff, a capped wait and no retry of other 4xx, so `_call` retries. The client covers the
-        # rest: connections (pooled across judge_batch threads), the timeout, the Authorization header, typed
-        # status / timeout / connection errors and the reply's parsing.
+        # `_call` retries, not the client: the client's backoff is fixed (0.5 s doubling to 8 s), it waits out any
+        # Retry-After up to 120 s and gives up on a longer one, and it retries 409; this judge's backoff is
+        # configurable, its wait capped, and no other 4xx is retried. The client pools connections (across
+        # judge_batch threads) and handles the timeout, the Authorization header, typed errors and reply parsing.
         # A key is always passed so the client never falls back to $OPENAI_API_KEY (a key for another service);
         # a keyless endpoint gets a placeholder the client insists on, and its header is left out of each request.
         self._client = openai.OpenAI(base_url=root, api_key=self.__api_key or "none", timeout=timeout,
@@ -245,11 +240,6 @@ class HTTPJudge(Judge):
             messages[first_user]["content"] = parts
         # The URL is part of the hashed request (another endpoint may answer differently); the key never is.
         return {"url": self.url, "body": {"model": self.model, "messages": messages, **self.params}}
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        wait = min(self.max_backoff, self.backoff * 2**attempt)
-        seconds = _parse_retry_after(retry_after) if retry_after else None
-        return wait if seconds is None else min(max(seconds, 0.0), self.max_retry_after)
 
     def _call(self, payload: dict) -> str:
         import openai
@@ -277,7 +267,10 @@ class HTTPJudge(Judge):
             except openai.OpenAIError as e:  # anything else the client refuses is this item's failure
                 raise JudgeCallError(self._redact(f"{type(e).__name__}: {e}")) from None
             if attempt < self.max_retries:
-                wait = self._wait(attempt, retry_after)
+                seconds = _parse_retry_after(retry_after) if retry_after else None
+                wait = min(self.max_backoff, self.backoff * 2**attempt)
+                if seconds is not None:  # the server's Retry-After wins, capped
+                    wait = min(max(seconds, 0.0), self.max_retry_after)
                 logger.warning("judge call to %s failed (%s); retry %d/%d in %.2fs",
                                self.url, reason, attempt + 1, self.max_retries, wait)
                 time.sleep(wait)
@@ -295,7 +288,6 @@ class HTTPJudge(Judge):
 
 
 def _parse_retry_after(value: str) -> float | None:
-    value = value.strip()
     try:
         return float(value)
     except ValueError:

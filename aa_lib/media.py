@@ -25,7 +25,7 @@ class MediaError(ValueError):
 
 
 def resolve_path(path: str | os.PathLike, media_root: str | os.PathLike | None) -> Path:
-    """Resolve a row's media path; a relative path must stay inside `media_root` (no `../` escapes, no symlink tricks)."""
+    """Resolve a row's media path; a relative one must stay in `media_root` (no `../` escapes, no symlink tricks)."""
     p = Path(path)
     if media_root is None:
         return p.resolve()
@@ -74,13 +74,6 @@ def encode_png(img: Image.Image | np.ndarray) -> bytes:
 
 
 # ---------------------------------------------------------------- audio
-def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target or len(wave) == 0:
-        return wave
-    n = int(round(len(wave) * target / rate))
-    return np.interp(np.arange(n) / target, np.arange(len(wave)) / rate, wave).astype(np.float32)
-
-
 def load_audio(value, media_root=None, target_rate: int = AUDIO_RATE) -> np.ndarray:
     """A mono float32 waveform at `target_rate` from a wav/flac path, bytes, or an {"array", "sampling_rate"} dict."""
     import soundfile as sf
@@ -103,7 +96,10 @@ def load_audio(value, media_root=None, target_rate: int = AUDIO_RATE) -> np.ndar
         wave = wave.reshape(len(wave), -1).mean(axis=1)
     if not np.all(np.isfinite(wave)):
         raise MediaError("audio holds NaN or infinite samples")
-    return _resample(wave, rate, target_rate)
+    if rate == target_rate or len(wave) == 0:
+        return wave
+    n = int(round(len(wave) * target_rate / rate))
+    return np.interp(np.arange(n) / target_rate, np.arange(len(wave)) / rate, wave).astype(np.float32)
 
 
 def encode_wav(wave: np.ndarray, rate: int = AUDIO_RATE) -> bytes:
@@ -135,14 +131,6 @@ def file_identity(path: str | os.PathLike) -> tuple:
     return ident
 
 
-def _remember_video(key: tuple, video: np.ndarray) -> None:
-    with _videos_lock:
-        if video.nbytes <= VIDEO_CACHE_BYTES // 8:  # a long real video: not worth evicting everything else for
-            _videos[key] = video
-        while _videos and sum(v.nbytes for v in _videos.values()) > VIDEO_CACHE_BYTES:
-            _videos.popitem(last=False)
-
-
 def load_video(value, media_root=None, num_frames: int | None = None) -> np.ndarray:
     """Frames as a uint8 array (T, H, W, 3) from an mp4 (PyAV) or a folder of frame images, optionally subsampled."""
     if isinstance(value, dict):
@@ -158,7 +146,11 @@ def load_video(value, media_root=None, num_frames: int | None = None) -> np.ndar
     video = _decode_video(full)
     if num_frames is not None and len(video) != num_frames:
         video = video[np.linspace(0, len(video) - 1, num_frames).round().astype(int)]
-    _remember_video(key, video)
+    with _videos_lock:
+        if video.nbytes <= VIDEO_CACHE_BYTES // 8:  # a long real video: not worth evicting everything else for
+            _videos[key] = video
+        while _videos and sum(v.nbytes for v in _videos.values()) > VIDEO_CACHE_BYTES:
+            _videos.popitem(last=False)
     return video.copy()
 
 

@@ -87,9 +87,9 @@ FAMILIES: dict[str, Family] = {
 
 @dataclass(frozen=True)
 class TinySpec:
-    """The few sizes that matter for a tiny model (MINI_WORLD_FACTS: ~10 optimizer steps/s on 2 cores)."""
+    """The few sizes that matter for a tiny model (MINI_WORLD_FACTS: ~10 optimizer steps/s on 2 cores). The text
+    sizes are those of the measured tiny LLaVA (MINI_WORLD_FACTS: learns colour/position in ~2 min on 2 cores)."""
 
-    # Text sizes of the measured tiny LLaVA (MINI_WORLD_FACTS: learns colour/position in ~2 min on 2 cores).
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
@@ -145,20 +145,16 @@ def family_for_model_type(model_type: str) -> str:
 _PLAIN_BASE = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 _CHATML_BASE = {"pad_token": "<|endoftext|>", "bos_token": "<s>", "eos_token": "<|im_end|>"}
 
-
-def _media_strings(family: Family) -> dict[str, str]:
-    """What the chat template writes for each media entry (the processors expand the placeholder)."""
-    t = family.media_tokens
-    if family.name == "llava":
-        return {"image": "<image>\n"}
-    if family.name == "qwen2_vl":
-        return {"image": "<|vision_start|><|image_pad|><|vision_end|>",
-                "video": "<|vision_start|><|video_pad|><|vision_end|>"}
-    if family.name == "qwen2_audio":
-        return {"audio": "<|audio_bos|><|AUDIO|><|audio_eos|>\n"}
-    if family.name in ("chameleon", "janus"):
-        return {"image": t["image_token"]}  # the processor adds begin/end-of-image around the expanded tokens
-    return {}
+# What the chat template writes for each media entry (the processors expand the placeholder; chameleon's and
+# janus's add begin/end-of-image around the expanded tokens).
+_MEDIA_STRINGS = {
+    "llava": {"image": "<image>\n"},
+    "qwen2_vl": {"image": "<|vision_start|><|image_pad|><|vision_end|>",
+                 "video": "<|vision_start|><|video_pad|><|vision_end|>"},
+    "qwen2_audio": {"audio": "<|audio_bos|><|AUDIO|><|audio_eos|>\n"},
+    "chameleon": {"image": "<image>"},
+    "janus": {"image": "<image_placeholder>"},
+}
 
 
 def chat_template(family: str) -> str:
@@ -167,7 +163,7 @@ def chat_template(family: str) -> str:
     Message content is a string or a list of parts {"type": "text", "text": ...} / {"type": "image"|"video"|"audio"}.
     """
     fam = get_family(family)
-    media = _media_strings(fam)
+    media = _MEDIA_STRINGS.get(fam.name, {})
     parts = ["{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
              "{%- for part in content -%}{%- if part['type'] == 'text' -%}{{ part['text'] }}"]
     for kind in ("image", "video", "audio"):
@@ -212,7 +208,7 @@ def train_tokenizer(corpus: Iterable[str], family: str = "llama", vocab_size: in
     Byte-level BPE starts from all 256 bytes, so no text ever becomes <unk>: a word outside the corpus is split
     into smaller pieces instead (the mini world's closed vocabulary still gets one token per frequent word).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     fam = get_family(family)
@@ -231,10 +227,9 @@ def train_tokenizer(corpus: Iterable[str], family: str = "llama", vocab_size: in
     if not texts:
         raise ValueError("train_tokenizer: the corpus is empty")
     tok.train_from_iterator([*texts, *template_words], trainer=trainer)
-    extra = list(extra_tokens)
+    extra = [AddedToken(t, special=True, normalized=False) for t in extra_tokens]
     if extra:
-        from tokenizers import AddedToken
-        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in extra])
+        tok.add_tokens(extra)
     kwargs = dict(base)
     if family == "chameleon":
         kwargs["sep_token"] = "<sep>"
@@ -387,7 +382,6 @@ def build_tiny(family: str, save_dir, corpus: Iterable[str], seed: int = 0, **ov
     model.generation_config = T.GenerationConfig(**gen)
     processor = _make_processor(family, spec, tok)
 
-    save_dir = Path(save_dir)
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aa_lib import data, llf, mini, progress
-from aa_lib.media import encode_png, write_bytes_atomic, write_folder_atomic
+from aa_lib.media import encode_png, load_image, write_bytes_atomic, write_folder_atomic
 from aa_lib.subtasks import get_subtask
 
 # The family each subtask trains at profile tiny (the paper's families, SPEC §1; t2t has no paper column: llama;
@@ -218,20 +218,19 @@ class TextPolicy:
         return train_sft(cfg, start, examples)
 
     def train_reading(self, plain, rows, out_dir, sizes, seed: int) -> Path:
-        """Stage 2: SFT from the plain policy on the rows' plain examples mixed with `reading_examples`."""
-        import datasets
+        """Stage 2: `train_sft` with the reading_* sizes, from the plain policy, on the rows' plain examples mixed
+        with `reading_examples`."""
+        import dataclasses
 
-        from aa_lib.train.sft import SFTConfig, train_sft
+        import datasets
 
         plain_ex = initial_policy_examples(rows, seed)
         reading = datasets.Dataset.from_list(reading_examples(self.load(plain), rows, sizes, seed),
                                              features=plain_ex.features)
         mix = datasets.concatenate_datasets([plain_ex, reading]).shuffle(seed=seed).flatten_indices()
-        cfg = SFTConfig(output_dir=str(out_dir), max_steps=sizes.reading_steps, learning_rate=sizes.reading_lr,
-                        per_device_train_batch_size=sizes.reading_batch_size or sizes.batch_size,
-                        lr_scheduler_type="cosine", warmup_steps=0.05,
-                        max_length=sizes.max_length, seed=seed, data_seed=seed, **quiet())
-        return train_sft(cfg, plain, mix)
+        stage2 = dataclasses.replace(sizes, sft_steps=sizes.reading_steps, sft_lr=sizes.reading_lr,
+                                     batch_size=sizes.reading_batch_size or sizes.batch_size)
+        return self.train_sft(plain, mix, out_dir, stage2, seed)
 
     def critic_examples(self, pair, rows, sizes, seed: int):
         """The shared critic's (x, y, c) (`experiments.train_critic`): each row's prompt with its media, the policy's
@@ -260,9 +259,8 @@ class TextPolicy:
     def sample(self, pair, subtask: str, examples: list[dict], sizes, seed: int) -> list[str]:
         """Responses at temperature 1, each seeded by (seed, its prompt and position)."""
         keys = [f"{llf.example_key(e)}#{i}:y" for i, e in enumerate(examples)]
-        return llf.generate(*pair, examples, llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens,
-                                                                   do_sample=True),
-                            batch_size=sizes.gen_batch_size, seed=seed, keys=keys)
+        options = llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens, do_sample=True)
+        return llf.generate(*pair, examples, options, batch_size=sizes.gen_batch_size, seed=seed, keys=keys)
 
     def critique_prompt(self, example: dict, response) -> dict:
         return llf.critique_example(example, response)
@@ -273,10 +271,9 @@ class TextPolicy:
         return content if isinstance(content, str) else " ".join(c["text"] for c in content if c["type"] == "text")
 
     def refine(self, pair, subtask: str, examples: list[dict], ys: list, cs: list[str], sizes, seed: int) -> list:
-        """Greedy y* on the refinement prompt [x, y, c]."""
-        return llf.generate(*pair, [llf.refine_example(e, y, c) for e, y, c in zip(examples, ys, cs)],
-                            llf.GenerationOptions(max_new_tokens=sizes.max_new_tokens),
-                            batch_size=sizes.gen_batch_size, seed=seed)
+        """Greedy y* (`respond`) on the refinement prompt [x, y, c]."""
+        return self.respond(pair, subtask, [llf.refine_example(e, y, c) for e, y, c in zip(examples, ys, cs)],
+                            sizes, seed)
 
     def improve(self, pol, fb, subtask: str, examples: list[dict], sizes, seed: int) -> list[dict]:
         """`llf.self_improve`: y sampled, c and y* greedy."""
@@ -356,8 +353,6 @@ def _png(image) -> bytes:
     if isinstance(image, bytes):
         return image
     if isinstance(image, dict):
-        from aa_lib.media import load_image
-
         image = load_image(image)
     return encode_png(np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image))
 
@@ -434,31 +429,24 @@ def _with_response(ex: dict, y, request: str) -> dict:
             "images": list(ex["images"]) + [encode_png(image)]}
 
 
-def _sample_images(model, proc, examples: list[dict], keys: list[str], seed: int, temperature: float,
-                   batch_size: int) -> list[np.ndarray]:
-    """t2i images sampled in batches; a row's sample depends on (seed, its key) only, not on its batch."""
+def _sample(model, proc, subtask: str, examples: list[dict], keys: list[str], seed: int, sizes) -> list:
+    """Responses sampled at temperature 1, each seeded by (seed, its key) so that a resumed synthesis draws what
+    the uninterrupted one drew: t2i in batches (a row's sample does not depend on its batch); ti2ti one prompt at a
+    time, as `generate_texts` seeds by position."""
     from aa_lib.llf.generation import seed_of
     from aa_lib.models import janus_decode_images
     from aa_lib.train.image_output import generation_batch, prompt_example, sample_image_codes
 
-    images = []
-    for s in range(0, len(examples), batch_size):
-        chunk = [prompt_example(e, i) for i, e in enumerate(examples[s:s + batch_size])]
-        gens = [torch.Generator().manual_seed(seed_of(seed, k)) for k in keys[s:s + batch_size]]
-        c = sample_image_codes(model, generation_batch(model, proc, chunk), gens, temperature)
+    if subtask != "t2i":
+        return [_respond(model, proc, subtask, [e], seed_of(seed, k) % 2**31, 1.0, sizes)[0]
+                for e, k in zip(examples, keys)]
+    images, batch = [], sizes.gen_batch_size
+    for s in range(0, len(examples), batch):
+        chunk = [prompt_example(e, i) for i, e in enumerate(examples[s:s + batch])]
+        gens = [torch.Generator().manual_seed(seed_of(seed, k)) for k in keys[s:s + batch]]
+        c = sample_image_codes(model, generation_batch(model, proc, chunk), gens, 1.0)
         images += [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in janus_decode_images(model, proc, c)]
     return images
-
-
-def _sample(model, proc, subtask: str, examples: list[dict], keys: list[str], seed: int, sizes) -> list:
-    """Responses sampled at temperature 1, each seeded by (seed, its key) so that a resumed synthesis draws what
-    the uninterrupted one drew (ti2ti: one prompt at a time, as `generate_texts` seeds by position)."""
-    from aa_lib.llf.generation import seed_of
-
-    if subtask == "t2i":
-        return _sample_images(model, proc, examples, keys, seed, 1.0, sizes.gen_batch_size)
-    return [_respond(model, proc, subtask, [e], seed_of(seed, k) % 2**31, 1.0, sizes)[0]
-            for e, k in zip(examples, keys)]
 
 
 def improve_images(policy, proc, feedback, fproc, subtask: str, examples: list[dict], keys: list[str], sizes,
@@ -481,12 +469,11 @@ class ResponseImageCollator:
     image read through Janus's understanding path); pairs -> chosen rows then rejected rows."""
 
     processor: object
-    max_length: int | None = None
 
     def __post_init__(self):
         from aa_lib.collators import PromptCollator
 
-        self.inner = PromptCollator(self.processor, "janus", max_length=self.max_length)
+        self.inner = PromptCollator(self.processor, "janus")
 
     def rows(self, convs: list[tuple[list[dict], list]]) -> dict:
         """convs: (messages ending with the assistant image turn, images in placeholder order)."""
@@ -508,7 +495,7 @@ class ResponseImageCollator:
         for ex in examples:
             for side in convs:
                 msgs = list(ex[side])
-                if "prompt" in ex and ex["prompt"] is not None:
+                if ex.get("prompt") is not None:
                     msgs = list(ex["prompt"]) + msgs
                 n_prompt = _n_images(msgs) - 1
                 convs[side].append((msgs, list(ex.get("images") or [])[:n_prompt] + list(ex[f"{side}_images"])))
@@ -608,8 +595,6 @@ class ImagePolicy:
 
     def pair_response(self, pair: dict, side: str):
         """The response of a preference pair's `side`: its image (ti2ti: {"text", "image"})."""
-        from aa_lib.media import load_image
-
         image = np.asarray(load_image(pair[f"{side}_images"][-1]).convert("RGB"))
         texts = [c["text"] for c in pair[side][-1]["content"] if c["type"] == "text"]
         return {"text": texts[0], "image": image} if texts else image
@@ -628,9 +613,7 @@ class ImagePolicy:
         return rows
 
     def improve(self, pol, fb, subtask: str, examples: list[dict], sizes, seed: int) -> list[dict]:
-        from aa_lib.llf.generation import example_key
-
-        keys = [f"{example_key(e)}#{i}" for i, e in enumerate(examples)]
+        keys = [f"{llf.example_key(e)}#{i}" for i, e in enumerate(examples)]
         return improve_images(*pol, *fb, subtask, examples, keys, sizes, seed)
 
     def same(self, a, b) -> bool:
@@ -673,7 +656,6 @@ class ImagePolicy:
         batch's images written as PNG under out_dir/images/ and its records appended to synthesis.jsonl before the
         next batch; a rerun skips finished items. Pairs whose critique was cut at `critique_tokens` ("over_length")
         or whose y* equals y ("identical") are dropped."""
-        from aa_lib.llf.generation import example_key
         from aa_lib.llf.synthesis import SHARD, check_meta, item_id, read_shard, run_items, write_report
 
         subtask = get_subtask(align_rows.info.config_name).name
@@ -690,7 +672,7 @@ class ImagePolicy:
                                         "y_star": "greedy"}})
         done = read_shard(out / SHARD)
         resumed = len(done)
-        keys = [example_key(p) for p in P]
+        keys = [llf.example_key(p) for p in P]
         order = [(r, i, item_id(keys[i], r, seed)) for r in range(4) for i in range(len(P))]  # up to 4 per prompt
         models = None
 

@@ -44,17 +44,15 @@ class StagePreset:
 # "actor_*" and DPO's beta "scale_coefficient_beta".
 _COMMON = ("epochs", "per_device_batch_size", "learning_rate", "scheduler", "warmup_ratio", "gradient_accumulation",
            "weight_decay", "max_token_length", "bf16")
+_SAME = tuple((f, f) for f in _COMMON)
 TABLE_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "feedback_model": tuple((f, f) for f in _COMMON),
-    "reward_model": tuple((f, f) for f in _COMMON),
-    "dpo": tuple((f, f) for f in _COMMON) + (("scale_coefficient_beta", "beta"),),
-    "ppo": (("epochs", "epochs"), ("per_device_batch_size", "per_device_batch_size"),
-            ("actor_learning_rate", "learning_rate"), ("actor_scheduler", "scheduler"),
-            ("actor_warmup_ratio", "warmup_ratio"), ("critic_learning_rate", "critic_learning_rate"),
-            ("critic_scheduler", "critic_scheduler"), ("critic_warmup_ratio", "critic_warmup_ratio"),
-            ("gradient_accumulation", "gradient_accumulation"), ("weight_decay", "weight_decay"),
-            ("max_token_length", "max_token_length"), ("bf16", "bf16"),
-            ("sampling_temperature", "sampling_temperature")),
+    "feedback_model": _SAME,
+    "reward_model": _SAME,
+    "dpo": _SAME + (("scale_coefficient_beta", "beta"),),
+    "ppo": tuple((f, f.removeprefix("actor_")) for f in (
+        "epochs", "per_device_batch_size", "actor_learning_rate", "actor_scheduler", "actor_warmup_ratio",
+        "critic_learning_rate", "critic_scheduler", "critic_warmup_ratio", "gradient_accumulation", "weight_decay",
+        "max_token_length", "bf16", "sampling_temperature")),
 }
 
 # ---------------------------------------------------------------- profile `paper` (Appendix 10.5)
@@ -144,13 +142,6 @@ def get_preset(stage: str, subtask: str, profile: str = "tiny") -> StagePreset:
 
 
 # ---------------------------------------------------------------- presets -> trainer configs
-def training_kwargs(p: StagePreset) -> dict:
-    """The TrainingArguments fields every stage shares (transformers 5: warmup as a ratio in `warmup_steps`)."""
-    return dict(num_train_epochs=p.epochs, per_device_train_batch_size=p.per_device_batch_size,
-                learning_rate=p.learning_rate, lr_scheduler_type=p.scheduler, warmup_steps=p.warmup_ratio,
-                gradient_accumulation_steps=p.gradient_accumulation, weight_decay=p.weight_decay, bf16=p.bf16)
-
-
 def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny", **overrides):
     """The TRL config of `stage` filled from its preset; `overrides` (any config field) win over the preset, except
     those that are None.
@@ -160,26 +151,25 @@ def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny"
     ppo -> aa_lib.train.ppo.PPOConfig (actor and critic schedules, sampling temperature).
     """
     p = get_preset(stage, subtask, profile)
+    # The TrainingArguments fields every stage shares (transformers 5: warmup as a ratio in `warmup_steps`).
     kw = dict(output_dir=str(output_dir), report_to="none", save_strategy="no", logging_steps=1,
-              **training_kwargs(p))
+              num_train_epochs=p.epochs, per_device_train_batch_size=p.per_device_batch_size,
+              learning_rate=p.learning_rate, lr_scheduler_type=p.scheduler, warmup_steps=p.warmup_ratio,
+              gradient_accumulation_steps=p.gradient_accumulation, weight_decay=p.weight_decay, bf16=p.bf16,
+              max_length=p.max_token_length)
     if stage == "feedback_model":
         from aa_lib.train.sft import SFTConfig as cls
-
-        kw.update(max_length=p.max_token_length)
     elif stage == "reward_model":
         from aa_lib.train.reward import RewardConfig as cls
-
-        kw.update(max_length=p.max_token_length)
     elif stage == "dpo":
         from aa_lib.train.dpo import DPOConfig as cls
 
-        kw.update(max_length=p.max_token_length, beta=p.beta)
+        kw.update(beta=p.beta)
     else:
         from aa_lib.train.ppo import PPOConfig as cls
 
-        kw.update(max_length=p.max_token_length, critic_learning_rate=p.critic_learning_rate,
-                  critic_lr_scheduler_type=p.critic_scheduler, critic_warmup_ratio=p.critic_warmup_ratio,
-                  temperature=p.sampling_temperature)
+        kw.update(critic_learning_rate=p.critic_learning_rate, critic_lr_scheduler_type=p.critic_scheduler,
+                  critic_warmup_ratio=p.critic_warmup_ratio, temperature=p.sampling_temperature)
     kw.update({k: v for k, v in overrides.items() if v is not None})  # None: the preset's value (profile paper)
     import torch
 
@@ -194,14 +184,9 @@ def make_config(stage: str, subtask: str, output_dir: str, profile: str = "tiny"
 def render_table(profile: str = "paper") -> pd.DataFrame:
     """Tables 5-8 in the layout of `reported/tables5to8_hyperparameters.csv`: stage, hyperparameter, one column
     per paper subtask (upper-case codes), read from the presets of `profile`."""
-    rows = []
-    for stage, table_rows in TABLE_ROWS.items():
-        for name, attr in table_rows:
-            row = {"stage": stage, "hyperparameter": name}
-            for s in PAPER_SUBTASKS:
-                row[get_subtask(s).code] = getattr(get_preset(stage, s, profile), attr)
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"stage": stage, "hyperparameter": name,
+                          **{get_subtask(s).code: getattr(get_preset(stage, s, profile), attr) for s in PAPER_SUBTASKS}}
+                         for stage, table_rows in TABLE_ROWS.items() for name, attr in table_rows])
 
 
 def parse_cell(value):
@@ -219,14 +204,11 @@ def parse_cell(value):
 
 def compare_with_reported(df: pd.DataFrame, reported: pd.DataFrame) -> list[str]:
     """Cell-by-cell differences between a rendered table and the reported CSV ("" when they agree)."""
-    problems = []
     key = ["stage", "hyperparameter"]
     ours = {tuple(r[k] for k in key): r for r in df.to_dict("records")}
     theirs = {tuple(r[k] for k in key): r for r in reported.to_dict("records")}
-    for k in theirs.keys() - ours.keys():
-        problems.append(f"row {k}: in the reported table, not in the presets")
-    for k in ours.keys() - theirs.keys():
-        problems.append(f"row {k}: in the presets, not in the reported table")
+    problems = [f"row {k}: in the reported table, not in the presets" for k in theirs.keys() - ours.keys()]
+    problems += [f"row {k}: in the presets, not in the reported table" for k in ours.keys() - theirs.keys()]
     cols = [c for c in reported.columns if c not in key]
     if set(cols) != set(df.columns) - set(key):
         problems.append(f"columns differ: reported {cols}, presets {[c for c in df.columns if c not in key]}")
@@ -236,7 +218,6 @@ def compare_with_reported(df: pd.DataFrame, reported: pd.DataFrame) -> list[str]
             if a != b:
                 problems.append(f"row {k} column {c}: presets {a!r}, reported {b!r}")
     return problems
-
 
 
 def _text(v) -> str:
@@ -254,19 +235,15 @@ def table_with_reported(profile: str = "tiny") -> pd.DataFrame:
     paper = reported("tables5to8_hyperparameters")
     merged = ours.merge(paper, on=["stage", "hyperparameter"], how="left", suffixes=("", " (paper)"))
     cols = ["stage", "hyperparameter"]
-    for s in PAPER_SUBTASKS:
-        code = get_subtask(s).code
+    for code in (get_subtask(s).code for s in PAPER_SUBTASKS):
         cols += [code, f"{code} (paper)"]
     return merged[cols].map(_text)
 
 
 def settings_ran(subtask: str, sizes, profile: str = "tiny") -> list[dict]:
     """The trainer settings an LLF cell of `subtask` ran with `sizes` (`experiments.Sizes`, e.g. an llf_main run's
-    recorded sizes): rows
-    {stage, hyperparameter, value}, the experiments' overrides where they set one, else the preset's (Tables 5-8
-    render the presets; this says what the experiments changed)."""
-    from aa_lib.subtasks import get_subtask
-
+    recorded sizes): rows {stage, hyperparameter, value}, the experiments' overrides where they set one, else the
+    preset's (Tables 5-8 render the presets; this says what the experiments changed)."""
     text = get_subtask(subtask).text_output
     rows = []
 

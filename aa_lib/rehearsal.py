@@ -82,8 +82,7 @@ def write_benchmark(name: str, n: int, out: Path, seed: int = 1) -> dict:
                 "context": _jsonl(out / "context.jsonl", [{"image": f, "caption": [it.extra["context"]]}
                                                           for it, f in zip(items, files)]),
                 "image_dir": str(media)}
-        ids = [it.id for it in items]
-        key = "llava_bench"
+        ids, key = [it.id for it in items], "llava_bench"
     elif name == "mia":
         path = out / "instruction_benchmark_all.json"
         write_text_atomic(path, json.dumps([{"image": f, "instruction": it.question, "type": it.category,

@@ -85,12 +85,10 @@ class Subtask:
         cols += [*self.response_columns, *(self.response_media_columns or ()), *self.source_columns]
         for dim in self.dimensions:
             cols += [*self.rate_columns(dim), *self.rationale_columns(dim), self.preferred_column(dim)]
-        cols += [*self.critique_columns]
+        cols += self.critique_columns
         if self.feedback_column:
             cols.append(self.feedback_column)
-        cols.append(self.overall_column)
-        cols += list(self.extra_columns)
-        return cols
+        return cols + [self.overall_column, *self.extra_columns]
 
 
 SUBTASKS: dict[str, Subtask] = {

@@ -27,9 +27,6 @@ from aa_lib.mini import world
 from aa_lib.mini.world import PROMPT_TYPES, REFUSAL, WorldConfig, make_config, make_item
 from aa_lib.subtasks import SUBTASKS, get_subtask
 
-TEXT_COLUMNS_EXCLUDED = ("mini_meta",)
-
-
 @functools.lru_cache(maxsize=4)
 def _corpus(n: int, seed: int) -> tuple[str, ...]:
     import numpy as np
@@ -43,8 +40,7 @@ def _corpus(n: int, seed: int) -> tuple[str, ...]:
                 item = make_item(rng, name, cfg, ptype)
                 out += [item["prompt"]] + ([item["reference"]] if item["reference"] else [])
         for row in generate(name, n, seed=seed):
-            out += [v for k, v in row.items() if isinstance(v, str) and k not in TEXT_COLUMNS_EXCLUDED
-                    and not v.startswith("mini-")]
+            out += [v for k, v in row.items() if isinstance(v, str) and k != "mini_meta" and not v.startswith("mini-")]
     return tuple(dict.fromkeys(out))
 
 

@@ -65,28 +65,25 @@ def _meta(item: dict, split: str, seed: int, row_id: str, cfg: WorldConfig, **ex
     return json.dumps(_jsonable(meta), sort_keys=True)
 
 
-def _rng(seed: int, split: str, subtask: str, i: int):
-    return np.random.default_rng([int(seed), SPLITS[split], SUBTASK_CODES[subtask], int(i)])
-
-
-def _input_media(item: dict, row_id: str, cfg: WorldConfig):
-    kind = item["truth"]["kind"]
-    if kind not in MEDIA_DIRS:
-        return None
-    return _media(kind, render(item["truth"], cfg.image_size), row_id, cfg)
+def _prompt(st, i: int, seed: int, split: str, cfg: WorldConfig):
+    """Row `i`'s generator, id, world item and the row's prompt columns (text and rendered input media)."""
+    rng = np.random.default_rng([int(seed), SPLITS[split], SUBTASK_CODES[st.name], int(i)])
+    row_id = f"{st.name}-{split}-s{seed}-{i:06d}"
+    item = make_item(rng, st.name, cfg)
+    row = {st.prompt_column: item["prompt"]}
+    if st.media_column:
+        kind = item["truth"]["kind"]
+        row[st.media_column] = (_media(kind, render(item["truth"], cfg.image_size), row_id, cfg)
+                                if kind in MEDIA_DIRS else None)
+    return rng, row_id, item, row
 
 
 def make_row(subtask: str, i: int, seed: int = 0, split: str = "train", cfg: WorldConfig | None = None) -> dict:
     """Row `i` of a split: a prompt, two respondents' responses, rubric scores, rationales, critiques, preference."""
     cfg = cfg or WorldConfig()
     st = get_subtask(subtask)
-    rng = _rng(seed, split, st.name, i)
-    row_id = f"{st.name}-{split}-s{seed}-{i:06d}"
-    item = make_item(rng, st.name, cfg)
+    rng, row_id, item, row = _prompt(st, i, seed, split, cfg)
     names = [str(x) for x in rng.choice(sorted(RESPONDENTS), size=2, replace=False)]
-    row = {st.prompt_column: item["prompt"]}
-    if st.media_column:
-        row[st.media_column] = _input_media(item, row_id, cfg)
     faults, assessments = [], []
     for k, name in enumerate(names, start=1):
         f = sample_faults(RESPONDENTS[name], item, rng)
@@ -114,8 +111,7 @@ def make_row(subtask: str, i: int, seed: int = 0, split: str = "train", cfg: Wor
             else:
                 row[st.response_columns[k - 1]] = media
                 assessments.append(rubric.assess(item, data, cfg))
-    for k, name in enumerate(names):
-        row[st.source_columns[k]] = name
+    row[st.source_columns[0]], row[st.source_columns[1]] = names
     for dim in st.dimensions:
         s1, s2 = (a.scores[dim.name] for a in assessments)
         r1, r2 = st.rate_columns(dim)
@@ -166,12 +162,7 @@ def heldout_prompts(subtask: str, n: int, seed: int = 0, **world_options) -> lis
     st = get_subtask(subtask)
     out = []
     for i in range(n):
-        rng = _rng(seed, "heldout", st.name, i)
-        row_id = f"{st.name}-heldout-s{seed}-{i:06d}"
-        item = make_item(rng, st.name, cfg)
-        row = {st.prompt_column: item["prompt"]}
-        if st.media_column:
-            row[st.media_column] = _input_media(item, row_id, cfg)
+        _, row_id, item, row = _prompt(st, i, seed, "heldout", cfg)
         row["mini_meta"] = _meta(item, "heldout", seed, row_id, cfg)
         out.append(row)
     return out

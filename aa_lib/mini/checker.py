@@ -1,10 +1,10 @@
 """Reading media back from pixels and samples: the perception half of the programmatic judge.
 
-Nothing here looks at metadata: an image is read from its pixels (foreground = pixels far from the background
-after a 3x3 median filter of the distance to the background; colour = nearest palette colour of the foreground mean; shape = the template with the
-best overlap at the measured area; position = side of the foreground centroid; count = connected components),
-a video from per-frame readings (direction = centroid trajectory), audio from its samples (beeps = energy envelope,
-pitch = FFT peak per beep, mapped to the nearest class in log frequency). So it scores media a tiny model generates.
+Nothing here looks at metadata, so it also scores media a tiny model generates. An image is read from its pixels
+(foreground = pixels far from the background after a 3x3 median filter of that distance; colour = nearest palette
+colour of the foreground mean; shape = the template with the best overlap at the measured area; position = side of
+the foreground centroid; count = connected components), a video from per-frame readings (direction = centroid
+trajectory), audio from its samples (beeps = energy envelope, pitch = class nearest each beep's FFT peak in log scale).
 """
 from __future__ import annotations
 

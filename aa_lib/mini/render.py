@@ -65,8 +65,7 @@ def _paint(canvas, scene, size, centres, r):
 
 def render_image(scene: dict, size: int = 32) -> np.ndarray:
     rng = np.random.default_rng(scene["noise_seed"])
-    canvas = np.empty((size, size, 3), np.float64)
-    canvas[:] = BACKGROUND
+    canvas = np.full((size, size, 3), BACKGROUND, np.float64)
     if scene.get("harmful"):
         centres, r = [(size / 2, size / 2)], 0.35 * size
     else:
@@ -95,8 +94,7 @@ def render_video(scene: dict, size: int = 32) -> np.ndarray:
         if scene.get("jitter") and 0 < t < len(track) - 1:
             jit = scene["jitter"] * size / 32
             cx, cy = cx + rng.uniform(-jit, jit), cy + rng.uniform(-jit, jit)
-        canvas = np.empty((size, size, 3), np.float64)
-        canvas[:] = BACKGROUND
+        canvas = np.full((size, size, 3), BACKGROUND, np.float64)
         blank = scene.get("blank") or (scene.get("flicker") is not None and t == scene["flicker"])
         shape = scene.get("morph") if scene.get("morph") and t >= len(track) // 2 else scene["shape"]
         _paint(canvas, {**scene, "shape": shape, "blank": blank}, size, [(cx, cy)],

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aa_lib.mini.world import (COLORS, DIRECTIONS, PITCHES, POSITIONS, REFUSAL, SHAPES, T2T_COLORS, WorldConfig,
-                               number_word, plural)
+from aa_lib.mini.world import (ATTRS, COLORS, DIRECTIONS, PITCHES, POSITIONS, REFUSAL, SHAPES, T2T_COLORS,
+                               WorldConfig, _other, number_word, plural)
 
 FAULTS = ("wrong_attribute", "wrong_detail", "ignore_format", "redundant", "missing_detail", "noise", "unsafe",
           "over_refusal")
@@ -55,10 +55,6 @@ NOISY_PIXELS = 22.0  # pixel noise std of the `noise` fault (clean renders: Worl
 NOISY_AUDIO = 0.05  # sample noise std of the `noise` fault
 
 
-def _other(rng, values, *exclude):
-    return str(rng.choice([v for v in values if v not in exclude]))
-
-
 def sample_faults(respondent: Respondent, item: dict, rng) -> list[str]:
     """The faults that fire for this response (in FAULTS order), restricted to those that apply to the prompt."""
     fired = [f for f in FAULTS if rng.random() < respondent.faults.get(f, 0.0)]
@@ -78,17 +74,6 @@ def sample_faults(respondent: Respondent, item: dict, rng) -> list[str]:
 
 
 # ---------------------------------------------------------------- text
-def _attr_values(item: dict) -> dict:
-    t = item["truth"]
-    if t["kind"] == "image":
-        return {"color": t["color"], "shape": t["shape"], "position": t["position"], "count": t["count"]}
-    if t["kind"] == "video":
-        return {"color": t["color"], "shape": t["shape"], "direction": t["direction"]}
-    if t["kind"] == "audio":
-        return {"pitch": t["pitch"], "count": t["count"]}
-    return dict(t)
-
-
 CHOICES = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS), "direction": list(DIRECTIONS),
            "pitch": list(PITCHES)}
 
@@ -134,7 +119,7 @@ def _compose_media_qa(item, v, mode):
     return {"full": full, "one_word": value, "off_topic": off, "long": full}.get(mode, full)
 
 
-def _compose_t2t(item, v, mode, rng):
+def _compose_t2t(item, v, mode):
     t, ptype = item["truth"], item["prompt_type"]
     if ptype == "arithmetic":
         if mode == "terse":
@@ -173,22 +158,18 @@ def _redundant(text: str, rng) -> str:
     return f"{text} i repeat , {text}"
 
 
-def _refusal(rng, terse: bool) -> str:
-    return "sorry ." if terse else REFUSAL
-
-
 def respond_text(item: dict, faults: list[str], rng, cfg: WorldConfig) -> str:
     """A text answer to a t2t / ti2t / tv2t / ta2t prompt with `faults` applied."""
+    t = item["truth"]
     if item["unsafe"]:
         if "unsafe" in faults:
-            t = item["truth"]
             text = str(rng.choice(COMPLY_TEXT)).format(shape=t.get("shape", "square"), color=t.get("color", "red"))
         else:
-            text = _refusal(rng, "missing_detail" in faults)
+            text = "sorry ." if "missing_detail" in faults else REFUSAL
         return _redundant(text, rng) if "redundant" in faults else text
     if "over_refusal" in faults:
         return "sorry , i can not help with that ."
-    v = _attr_values(item)
+    v = {k: t[k] for k in ATTRS[t["kind"]]} if t["kind"] in ATTRS else dict(t)
     ptype, st = item["prompt_type"], item["subtask"]
     mode = "one_word" if item.get("constraint") == 1 else "full"
     if "missing_detail" in faults:
@@ -196,7 +177,6 @@ def respond_text(item: dict, faults: list[str], rng, cfg: WorldConfig) -> str:
     if "ignore_format" in faults:
         mode = "long" if item.get("constraint") else "off_topic"
     if st == "t2t":
-        t = item["truth"]
         if ptype == "colors":
             n = t["n"] + (int(rng.choice([-1, 1])) if "wrong_attribute" in faults else 0)
             v["names"] = [str(x) for x in rng.permutation(T2T_COLORS)[:max(1, n)]]
@@ -212,7 +192,7 @@ def respond_text(item: dict, faults: list[str], rng, cfg: WorldConfig) -> str:
                 v["b"] = t["b"] + 1
         if ptype == "k_words" and "wrong_attribute" in faults:
             v["color"] = _other(rng, list(COLORS), t["color"])
-        text = _compose_t2t(item, v, mode, rng)
+        text = _compose_t2t(item, v, mode)
     else:
         if "wrong_attribute" in faults:
             attr = item["asked"]
@@ -240,8 +220,7 @@ def respond_scene(item: dict, faults: list[str], rng, cfg: WorldConfig) -> dict:
         scene["blank"] = True
         return scene
     if item["subtask"] == "ti2ti":
-        edit = truth["edit"]
-        (attr, target), = edit.items()
+        (attr, target), = truth["edit"].items()
         if "ignore_format" in faults:  # the edit is not done
             scene[attr] = truth[attr]
         elif "wrong_attribute" in faults:
@@ -251,18 +230,15 @@ def respond_scene(item: dict, faults: list[str], rng, cfg: WorldConfig) -> dict:
         if "noise" in faults:
             scene["noise"] = NOISY_PIXELS
         return scene
+    if kind in ("image", "video") and "wrong_attribute" in faults:
+        attr = str(rng.choice(ATTRS[kind][:3]))  # color, shape and position (image) or direction (video)
+        scene[attr] = _other(rng, CHOICES[attr], scene[attr])
     if kind == "image":
-        if "wrong_attribute" in faults:
-            attr = str(rng.choice(["color", "shape", "position"]))
-            scene[attr] = _other(rng, CHOICES[attr], scene[attr])
         if "wrong_detail" in faults or "redundant" in faults:
             scene["count"] = _wrong(rng, "count", scene["count"], cfg)
         if "missing_detail" in faults:
             scene["radius"] = 2.5
     elif kind == "video":
-        if "wrong_attribute" in faults:
-            attr = str(rng.choice(["color", "shape", "direction"]))
-            scene[attr] = _other(rng, CHOICES[attr], scene[attr])
         if "wrong_detail" in faults:
             scene["morph"] = _other(rng, SHAPES, scene["shape"])
         if "ignore_format" in faults:
@@ -295,8 +271,8 @@ def respond_scene(item: dict, faults: list[str], rng, cfg: WorldConfig) -> dict:
 def respond_ti2ti_text(item: dict, faults: list[str], rng) -> str:
     """The text half of a ti2ti answer: it describes the intended edit (even when the image fails to show it)."""
     if item["unsafe"]:
-        text = "here is the black cross to scare people ." if "unsafe" in faults else _refusal(
-            rng, "missing_detail" in faults)
+        text = "here is the black cross to scare people ." if "unsafe" in faults else (
+            "sorry ." if "missing_detail" in faults else REFUSAL)
     elif "over_refusal" in faults:
         text = "sorry , i can not help with that ."
     elif "missing_detail" in faults:

@@ -111,9 +111,15 @@ def plural(shape: str, n: int) -> str:
     return shape if n == 1 else shape + "s"
 
 
+# Attributes a scene of each kind has, in the order answers and the rubric name them.
+ATTRS = {"image": ("color", "shape", "position", "count"), "video": ("color", "shape", "direction"),
+         "audio": ("pitch", "count")}
+
+
 # ---------------------------------------------------------------- scenes
-def _other(rng, values, current):
-    return str(rng.choice([v for v in values if v != current]))
+def _other(rng, values, *exclude):
+    """A random value of `values` other than those in `exclude`."""
+    return str(rng.choice([v for v in values if v not in exclude]))
 
 
 def image_scene(rng, cfg: WorldConfig, count: int = 1) -> dict:
@@ -141,10 +147,6 @@ def audio_scene(rng, cfg: WorldConfig) -> dict:
 
 
 # ---------------------------------------------------------------- prompts
-def _one_word(rng, cfg) -> bool:
-    return bool(rng.random() < cfg.one_word_share)
-
-
 def _ti2t_item(rng, cfg, ptype):
     count = int(rng.integers(1, cfg.max_count + 1)) if ptype == "count" else 1
     s = image_scene(rng, cfg, count)
@@ -152,7 +154,7 @@ def _ti2t_item(rng, cfg, ptype):
     it = {"truth": s, "detail": "shape", "constraint": None}
     if ptype == "color":
         it.update(prompt=str(rng.choice(["what color is the shape ?", "which color is the shape in the image ?"])),
-                  asked="color", reference=f"the {sh} is {c} .", detail="shape")
+                  asked="color", reference=f"the {sh} is {c} .")
     elif ptype == "shape":
         it.update(prompt=str(rng.choice(["what shape is in the image ?", "which shape do you see ?"])),
                   asked="shape", reference=f"it is a {c} {sh} .", detail="color")
@@ -167,7 +169,7 @@ def _ti2t_item(rng, cfg, ptype):
         it.update(prompt=str(rng.choice(["describe the shape in four words .",
                                           "describe the image in exactly four words ."])),
                   asked="describe", reference=f"{c} {sh} on {pos}", detail=None, constraint=4)
-    if ptype != "describe" and _one_word(rng, cfg):
+    if ptype != "describe" and rng.random() < cfg.one_word_share:
         it["prompt"] += " answer in one word ."
         it["constraint"] = 1
         it["reference"] = str(number_word(count) if ptype == "count" else s[it["asked"]])
@@ -190,7 +192,7 @@ def _tv2t_item(rng, cfg, ptype):
     elif ptype == "describe":
         it.update(prompt="describe the video in four words .", asked="describe",
                   reference=f"{c} {sh} moves {d}", detail=None, constraint=4)
-    if ptype != "describe" and _one_word(rng, cfg):
+    if ptype != "describe" and rng.random() < cfg.one_word_share:
         it["prompt"] += " answer in one word ."
         it["constraint"], it["reference"], it["detail"] = 1, s[it["asked"]], None
     return it
@@ -294,10 +296,9 @@ def _gen_item(rng, cfg, subtask, ptype):
 
 
 def sample_prompt_type(rng, subtask: str, cfg: WorldConfig) -> str:
-    types = PROMPT_TYPES[subtask]
     if rng.random() < cfg.unsafe_share:
         return "unsafe"
-    return str(rng.choice(types[:-1]))
+    return str(rng.choice(PROMPT_TYPES[subtask][:-1]))
 
 
 def make_item(rng, subtask: str, cfg: WorldConfig, prompt_type: str | None = None) -> dict:

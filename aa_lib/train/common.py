@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from aa_lib import numerics
-from aa_lib.media import write_folder_atomic  # noqa: F401  (re-exported: trainers save through it)
+from aa_lib.media import write_folder_atomic
 from aa_lib.models import family_for_model_type, get_family, load_model, submodules
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -32,7 +32,7 @@ class AAOptions:
 
     family: str | None = field(default=None, metadata={"help": "aa_lib model family; None: from config.model_type."})
     freeze_tower: bool = field(default=False, metadata={"help": "Freeze the vision/audio tower (FAMILIES[f].towers)."})
-    freeze_projector: bool = field(default=False, metadata={"help": "Freeze the media projector (FAMILIES[f].projectors)."})
+    freeze_projector: bool = field(default=False, metadata={"help": "Freeze the projector (FAMILIES[f].projectors)."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model; 0 trains full weights."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -40,9 +40,9 @@ class AAOptions:
         default=LORA_TARGETS, metadata={"help": "Linear layer names of the language model that get LoRA adapters."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames sampled per video (None: all frames)."})
     num_processes: int = field(default=1, metadata={
-        "help": "Training processes; > 1 runs the stage under `accelerate launch` in a subprocess (aa_lib.train.launch)."})
+        "help": "Training processes; > 1 runs the stage under `accelerate launch` (aa_lib.train.launch)."})
     launch_config: str = field(default="multi_gpu", metadata={
-        "help": "accelerate config for num_processes > 1: multi_gpu, zero3, fsdp (accelerate_configs/) or a YAML path."})
+        "help": "accelerate config if num_processes > 1: multi_gpu, zero3, fsdp (accelerate_configs/) or a YAML path."})
     # CPU-friendly defaults (the `paper` profile sets bf16 / gradient checkpointing on GPU hosts).
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (off: CPU default)."})
     # transformers 5.24 renamed gradient checkpointing to activation checkpointing; setting only the new name keeps
@@ -81,29 +81,28 @@ def freeze(model: torch.nn.Module, family: str, tower: bool = False, projector: 
     return names
 
 
-def media_module_names(family: str) -> tuple[str, ...]:
-    """Modules outside the language model: towers, projectors, image-generation modules."""
-    fam = get_family(family)
-    return (*fam.towers, *fam.projectors, *fam.generation_modules)
-
-
-def lora_config(model: torch.nn.Module, family: str, r: int, alpha: int, dropout: float = 0.0,
-                targets=LORA_TARGETS):
-    """A PEFT LoraConfig whose targets are the language model's linear layers named in `targets`.
+def peft_config_for(model, family: str, config: AAOptions):
+    """None without LoRA (`config.lora_r` 0), else a PEFT LoraConfig whose targets are the language model's linear
+    layers named in `config.lora_target_modules`.
 
     Target names are given as full module paths: a bare "q_proj" would also hit the vision/audio tower's attention.
     """
+    if not config.lora_r:
+        return None
     from peft import LoraConfig
 
-    outside = media_module_names(family)
+    fam = get_family(family)
+    targets = tuple(config.lora_target_modules)
+    outside = (*fam.towers, *fam.projectors, *fam.generation_modules)  # modules outside the language model
     # A media model outside the table: transformers' multimodal models keep the text model at model.language_model.
-    inside = "model.language_model." if get_family(family).modalities and not outside else ""
+    inside = "model.language_model." if fam.modalities and not outside else ""
     names = [n for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets and n.startswith(inside)
              and not any(n == o or n.startswith(o + ".") for o in outside)]
     if not names:
         raise ValueError(f"family {family}: no linear layer named {list(targets)} in the language model")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=names, bias="none")
 
 
 def load_for_training(model_path, config: AAOptions):
@@ -114,11 +113,9 @@ def load_for_training(model_path, config: AAOptions):
     return model, processor, family
 
 
-def peft_config_for(model, family: str, config: AAOptions):
-    if not config.lora_r:
-        return None
-    return lora_config(model, family, config.lora_r, config.lora_alpha, config.lora_dropout,
-                       tuple(config.lora_target_modules))
+def load_reference(model_path, family: str) -> torch.nn.Module:
+    """A frozen reference model (no gradients, eval mode) from a model folder."""
+    return load_model(model_path, family=family)[0].requires_grad_(False).eval()
 
 
 def is_multimodal(family: str) -> bool:
@@ -135,15 +132,6 @@ def as_dataset(data):
     return ds
 
 
-def unwrap_peft(model):
-    """The plain model: LoRA adapters merged in (a PeftModel) or the model itself."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()
-    return model
-
-
 LOG_HISTORY = "log_history.json"
 
 
@@ -151,7 +139,9 @@ def save_trained(model, processor, out_dir, source_path=None, extra: Callable[[P
                  log_history: list[dict] | None = None) -> Path:
     """Save a trained model (adapters merged) + processor as a loadable folder, atomically; `log_history` (the
     trainer's logged metrics per step) goes beside it as `log_history.json`."""
-    plain = unwrap_peft(model)
+    from peft import PeftModel
+
+    plain = model.merge_and_unload() if isinstance(model, PeftModel) else model
     if any(hasattr(p, "ds_id") for p in plain.parameters()):  # DeepSpeed tags the parameters it partitions
         raise NotImplementedError("save_trained: ZeRO-3-partitioned weights are not gathered; use fsdp/multi_gpu, "
                                   "or build the trainer and save with trainer.save_model")

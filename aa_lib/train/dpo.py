@@ -8,23 +8,20 @@ video columns, so `DPOTrainer` skips that step whenever a collator is given.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trl
 
 from aa_lib.collators import PairCollator
-from aa_lib.models import load_model
-from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for,
-                                 save_trained)
+from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, load_reference,
+                                 peft_config_for, save_trained)
 from aa_lib.train.launch import launchable
 
 
 @dataclass
 class DPOConfig(AAOptions, trl.DPOConfig):
-    """TRL's DPOConfig plus aa_lib's options; beta defaults to the paper's 0.1."""
-
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (the paper uses 0.1)."})
+    """TRL's DPOConfig plus aa_lib's options; TRL's default beta is the paper's 0.1."""
 
 
 class DPOTrainer(trl.DPOTrainer):
@@ -48,10 +45,7 @@ def build_dpo_trainer(config: DPOConfig, model_path, dataset, ref_model_path=Non
         raise ValueError("DPO on image outputs (t2i / ti2ti: chosen_images / rejected_images) goes through "
                          "aa_lib.train.image_output.train_image_dpo (TRL's loss reads Chameleon's masked image logits)")
     peft = peft_config_for(model, family, config)
-    ref = None
-    if peft is None:
-        ref, _ = load_model(ref_model_path or model_path, family=family)
-        ref.requires_grad_(False).eval()
+    ref = load_reference(ref_model_path or model_path, family) if peft is None else None
     if not is_multimodal(family):
         ds = dataset if not isinstance(dataset, list) else as_dataset(dataset).remove_columns("aa_row")
         return DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=ds, processing_class=processor,

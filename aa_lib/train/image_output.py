@@ -1,18 +1,16 @@
 """Image outputs (T2I, TI2TI): SFT, generation, DPO and PPO on the VQ codes of images, for Janus and Chameleon.
 
-Public API (aa_lib.policies.ImagePolicy calls these for t2i / ti2ti):
-- `train_image_sft(config: ImageSFTConfig, model_path, dataset) -> Path`: next-token loss on the response (text
-  tokens and the target image's VQ codes; prompt masked). A full model folder goes to `config.output_dir`.
-- `generate_images(model, processor, prompts, seed=0, batch_size=8, temperature=1.0, cfg_weight=1.0)`
-  -> list of (H, W, 3) uint8 arrays (32x32 for tiny models). Janus only: Chameleon has no VQ decoder in
-  transformers. Each prompt's images depend on (seed, its position in `prompts`) only, not on batch_size.
-- `train_image_dpo(config: ImageDPOConfig, model_path, dataset, ref_model_path=None) -> Path`: DPO on image outputs.
-- `train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn) -> Path`: clipped policy gradient on
-  sampled image codes with a KL penalty to the frozen start model (Janus); `rubric_reward` scores mini prompts.
-- `train_image_tokenizer(model_path, images, out_dir, ...) -> Path` (tiny profile only): fits the Janus VQ
-  autoencoder to the mini world's images. A tiny model is built from random weights, so without this step its
-  VQ decoder maps every code sequence to noise and no amount of policy training can draw a shape. Real Janus
-  checkpoints ship a trained VQ model: never call it in the `paper` profile.
+Public API (aa_lib.policies.ImagePolicy calls these for t2i / ti2ti); each trainer returns a full model folder:
+- `train_image_sft`: next-token loss on the response (text tokens and the target image's VQ codes; prompt masked).
+- `train_image_dpo`: DPO on image outputs.
+- `generate_images` -> list of (H, W, 3) uint8 arrays (32x32 for tiny models). Janus only: Chameleon has no VQ
+  decoder in transformers. Each prompt's images depend on (seed, its position in `prompts`) only, not on batch_size.
+- `train_image_ppo`: clipped policy gradient on sampled image codes with a KL penalty to the frozen start model
+  (Janus); `rubric_reward` scores mini prompts.
+- `train_image_tokenizer` (tiny profile only): fits the Janus VQ autoencoder to the mini world's images. A tiny
+  model is built from random weights, so without this step its VQ decoder maps every code sequence to noise and no
+  amount of policy training can draw a shape. Real Janus checkpoints ship a trained VQ model: never call it in the
+  `paper` profile.
 
 Data: the `aa_lib.data` layouts. SFT rows: `prompt`, `completion` (assistant turn: [text,] image part), and either
 `completion_images` or `images` = prompt images followed by the response image (`to_sft`). DPO rows (`to_preference`):
@@ -47,7 +45,7 @@ from aa_lib import progress
 from aa_lib.collators import (CollatorError, ImageOutputSFTCollator, completion_text, count_media_parts,
                               example_name)
 from aa_lib.models import get_family, janus_decode_images, load_model
-from aa_lib.train.common import AAOptions, as_dataset, load_for_training, save_trained
+from aa_lib.train.common import AAOptions, as_dataset, load_for_training, load_reference, save_trained
 from aa_lib.train.launch import launchable
 
 FAMILIES_WITH_IMAGE_OUTPUT = ("janus", "chameleon")
@@ -99,10 +97,7 @@ def _output_example(ex: dict, index: int, side: str | None = None) -> dict:
         raise CollatorError(f"{name}: {len(images)} prompt image(s) in 'images' but {n_prompt} image "
                             f"placeholder(s) in the prompt")
     out = {"prompt": prompt, "completion": completion or [], "completion_images": targets, "images": images}
-    for key in ("aa_row", "row", "id"):
-        if key in ex:
-            out[key] = ex[key]
-    return out
+    return {**out, **{key: ex[key] for key in ("aa_row", "row", "id") if key in ex}}
 
 
 @dataclass
@@ -173,13 +168,12 @@ def _chameleon_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, t
     ids, target = batch["input_ids"].clone(), batch["image_target_mask"]
     placeholder = ids == model.model.vocabulary_mapping.image_token_id
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(batch["pixel_values"].to(model.dtype), return_dict=True).image_tokens
-    bpe = _chameleon_image_rows(model)[codes.long()].view(-1)
-    ids[placeholder] = bpe
+        codes = model.model.vqmodel.encode(batch["pixel_values"].to(model.dtype), return_dict=True).image_tokens.long()
+    ids[placeholder] = _chameleon_image_rows(model)[codes].view(-1)
     hidden = model.model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     labels = batch["labels"].clone()
     slots = torch.full(placeholder.shape, -1, dtype=torch.long, device=placeholder.device)
-    slots[placeholder] = codes.long().flatten().to(placeholder.device)  # code index (0..K-1) per slot, row-major
+    slots[placeholder] = codes.flatten().to(placeholder.device)  # code index (0..K-1) per slot, row-major
     labels[target] = slots[target]
     return hidden, labels, target
 
@@ -289,8 +283,7 @@ class ImageDPOTrainer(_LogsStats):
 
 def build_image_dpo_trainer(config: ImageDPOConfig, model_path, dataset, ref_model_path=None) -> ImageDPOTrainer:
     model, processor, family = _load(model_path, config)
-    ref, _ = load_model(ref_model_path or model_path, family=family)
-    ref.requires_grad_(False).eval()
+    ref = load_reference(ref_model_path or model_path, family)
     collator = ImageOutputCollator(processor, family, max_length=config.max_length, pairs=True)
     return ImageDPOTrainer(model=model, ref_model=ref, args=config, train_dataset=as_dataset(dataset),
                            data_collator=collator, processing_class=processor)
@@ -505,8 +498,7 @@ def train_image_ppo(config: ImagePPOConfig, model_path, prompts, reward_fn: Call
     policy, processor, family = _load(model_path, config)
     if family != "janus":
         raise ValueError(f"train_image_ppo samples images, which needs Janus, not {family}")
-    ref, _ = load_model(model_path, family=family)
-    ref.requires_grad_(False).eval()
+    ref = load_reference(model_path, family)
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate)
@@ -629,12 +621,10 @@ def train_image_tokenizer(model_path, images, out_dir, steps: int = 400, batch_s
 
 
 def to_pil(im):
-    from PIL import Image
-
-    if isinstance(im, np.ndarray):
-        return Image.fromarray(im.astype(np.uint8)).convert("RGB")
-    if isinstance(im, Image.Image):
-        return im.convert("RGB")
     from aa_lib import media
 
-    return media.load_image(im)
+    if isinstance(im, np.ndarray):
+        from PIL import Image
+
+        return Image.fromarray(im.astype(np.uint8)).convert("RGB")
+    return media.load_image(im)  # a PIL image, bytes, a path or a {"bytes", "path"} dict

@@ -89,8 +89,11 @@ def launch(fn, config, arguments: dict) -> Path:
     (job / "job.json").write_text(json.dumps({
         "function": [fn.__module__, fn.__name__], "config": [type(config).__module__, type(config).__name__],
         "fields": fields, "arguments": args}))
+    with socket.socket() as s:  # a free port for the ranks' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(conf),
-           "--num_processes", str(config.num_processes), "--main_process_port", str(free_port()),
+           "--num_processes", str(config.num_processes), "--main_process_port", str(port),
            "--mixed_precision", "bf16" if config.bf16 else "no", "-m", "aa_lib.train.launch", str(job)]
     # The ranks import the aa_lib this cell runs (a checkout on sys.path, not necessarily the installed one).
     root = str(Path(aa_lib.__file__).resolve().parents[1])
@@ -106,12 +109,6 @@ def launch(fn, config, arguments: dict) -> Path:
     result = Path(json.loads((job / "result.json").read_text())["output"])
     shutil.rmtree(job, ignore_errors=True)
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_job(job: Path) -> None:

@@ -14,8 +14,8 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 from trl.experimental.orpo import ORPOConfig as TRLORPOConfig
 from trl.experimental.orpo import ORPOTrainer
 
-from aa_lib.models import load_model
-from aa_lib.train.common import AAOptions, as_dataset, is_multimodal, load_for_training, peft_config_for
+from aa_lib.train.common import (AAOptions, as_dataset, is_multimodal, load_for_training, load_reference,
+                                 peft_config_for)
 
 
 @dataclass
@@ -25,12 +25,12 @@ class KTOConfig(AAOptions, trl.KTOConfig):
 
 @dataclass
 class SimPOConfig(AAOptions, CPOConfig):
-    """TRL's CPOConfig set to SimPO: length-normalised log-probability reward, margin `simpo_gamma`, no NLL term."""
+    """TRL's CPOConfig set to SimPO: length-normalised log-probability reward, margin `simpo_gamma` (TRL's 0.5),
+    no NLL term."""
 
     loss_type: str = field(default="simpo", metadata={"help": "CPO loss; 'simpo' for SimPO."})
     cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of the NLL (BC) term; SimPO uses none."})
     beta: float = field(default=2.0, metadata={"help": "SimPO reward scale beta (SimPO paper: 2.0-2.5)."})
-    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target reward margin gamma."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "TRL's pair collator needs every column."})
 
 
@@ -67,10 +67,7 @@ def build_kto_trainer(config: KTOConfig, model_path, dataset) -> trl.KTOTrainer:
     if "label" not in ds.column_names:
         ds = to_kto(ds)
     peft = peft_config_for(model, family, config)
-    ref = None
-    if peft is None:
-        ref, _ = load_model(model_path, family=family)
-        ref.requires_grad_(False).eval()
+    ref = load_reference(model_path, family) if peft is None else None
     return trl.KTOTrainer(model=model, ref_model=ref, args=config, train_dataset=ds, processing_class=tok,
                           peft_config=peft)
 

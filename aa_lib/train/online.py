@@ -25,9 +25,9 @@ class GRPOConfig(AAOptions, trl.GRPOConfig):
 
 @dataclass
 class RLOOConfig(AAOptions, trl.RLOOConfig):
-    """TRL's RLOOConfig with aa_lib's CPU-friendly defaults; the baseline is the mean of the other samples."""
+    """TRL's RLOOConfig with aa_lib's CPU-friendly defaults; the baseline is the mean of the other samples in a
+    group of `num_generations` (TRL's default 2) completions per prompt."""
 
-    num_generations: int = field(default=2, metadata={"help": "Completions per prompt (leave-one-out group)."})
     max_completion_length: int = field(default=64, metadata={"help": "Longest sampled completion (tokens)."})
 
 
@@ -43,12 +43,12 @@ def _reward_funcs(reward):
                 raise FileNotFoundError(f"reward model folder {r} does not exist (the hub is off limits here)")
             funcs.append(AutoModelForSequenceClassification.from_pretrained(r, num_labels=1))
             tokenizers.append(AutoTokenizer.from_pretrained(r))
-        elif callable(r) and not hasattr(r, "config"):
-            funcs.append(r)
-            tokenizers.append(None)
         elif hasattr(r, "config"):  # an instantiated reward model: its tokenizer is loadable from its own folder
             funcs.append(r)
             tokenizers.append(AutoTokenizer.from_pretrained(r.name_or_path))
+        elif callable(r):
+            funcs.append(r)
+            tokenizers.append(None)
         else:
             raise TypeError(f"reward {r!r}: expected a callable, a reward model or its folder")
     return funcs, tokenizers

@@ -1,4 +1,4 @@
-"""PPO (actor-critic, GAE, clipped objective, KL to the reference) on TRL's experimental PPO trainer, for every modality.
+"""PPO (actor-critic, GAE, clipped objective, KL to the reference) on TRL's experimental PPO trainer, any modality.
 
 What is TRL's and what aa_lib adds:
 - `PPOConfig` is TRL's (`trl.experimental.ppo.PPOConfig`: clip ranges, GAE gamma/lambda, kl_coef, response_length,
@@ -65,8 +65,6 @@ class PPOConfig(AAOptions, TRLPPOConfig):
     num_ppo_epochs: int = field(default=1, metadata={"help": "PPO update epochs over each rollout batch."})
     num_sample_generations: int = field(
         default=0, metadata={"help": "Debug sample generations during training (0: none)."})
-    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations in backward."})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -282,8 +280,8 @@ class PPOTrainer(TRLPPOTrainer):
             media = {k: v for k, v in data.items() if k not in _TEXT_KEYS}
             context_length = queries.shape[1]
             with torch.no_grad():
-                with unwrap_model_for_generation(model, accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
-                                                 generation_kwargs=gen_kwargs) as unwrapped:
+                with unwrap_model_for_generation(model, accelerator, generation_kwargs=gen_kwargs,
+                                                 gather_deepspeed3_params=args.ds3_gather_for_generation) as unwrapped:
                     sequences = unwrapped.policy.generate(input_ids=queries, attention_mask=query_mask, **media,
                                                           generation_config=generation_config)
                 responses = sequences[:, context_length:]
@@ -344,7 +342,8 @@ class PPOTrainer(TRLPPOTrainer):
                 advantages, returns = gae(rewards, values, args.gamma, args.lam)
                 advantages = masked_whiten(advantages, ~padding_mask).masked_fill(padding_mask, 0)
 
-            stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "approxkl", "entropy")}
+            stats = {k: [] for k in ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "policy/approxkl_avg",
+                                     "policy/entropy_avg")}  # per microbatch; their means are logged
             for _ in range(args.num_ppo_epochs):
                 order = np.random.permutation(args.local_batch_size)
                 for mb_start in range(0, args.local_batch_size, args.local_mini_batch_size):
@@ -372,19 +371,17 @@ class PPOTrainer(TRLPPOTrainer):
                             optimizer.zero_grad()
                         with torch.no_grad():
                             probs = logits.softmax(-1)
-                            stats["pg_loss"].append(pg_loss.item())
-                            stats["vf_loss"].append(vf_loss.item())
-                            stats["pg_clipfrac"].append(masked_mean((pg2 > pg1).float(), ~padding_mask[mb]).item())
-                            stats["approxkl"].append(0.5 * (diff ** 2).mean().item())
-                            stats["entropy"].append((torch.logsumexp(logits, -1) - (probs * logits).sum(-1)).mean().item())
+                            entropy = torch.logsumexp(logits, -1) - (probs * logits).sum(-1)
+                            stats["loss/policy_avg"].append(pg_loss.item())
+                            stats["loss/value_avg"].append(vf_loss.item())
+                            stats["policy/clipfrac_avg"].append(
+                                masked_mean((pg2 > pg1).float(), ~padding_mask[mb]).item())
+                            stats["policy/approxkl_avg"].append(0.5 * (diff ** 2).mean().item())
+                            stats["policy/entropy_avg"].append(entropy.mean().item())
             metrics = {"eps": int(self.state.episode / max(time.time() - start, 1e-9)),
                        "objective/kl": kl.sum(1).mean().item(), "objective/scores": scores.mean().item(),
                        "objective/non_score_reward": non_score_reward.sum(1).mean().item(),
-                       "loss/policy_avg": float(np.mean(stats["pg_loss"])),
-                       "loss/value_avg": float(np.mean(stats["vf_loss"])),
-                       "policy/clipfrac_avg": float(np.mean(stats["pg_clipfrac"])),
-                       "policy/approxkl_avg": float(np.mean(stats["approxkl"])),
-                       "policy/entropy_avg": float(np.mean(stats["entropy"])),
+                       **{k: float(np.mean(v)) for k, v in stats.items()},
                        "lr": self.lr_scheduler.get_last_lr()[0], "episode": self.state.episode}
             self.state.epoch = self.state.episode / self.train_dataset_len
             self.state.global_step += 1
@@ -419,9 +416,7 @@ def build_ppo_trainer(args: PPOConfig, policy_path, reward_model, train_dataset,
         reward_model = load_reward_model(reward_model)[0]
     policy, processor, family = load_for_training(policy_path, args)
     peft = peft_config_for(policy, family, args)
-    ref = None
-    if peft is None:
-        ref, _ = load_model(policy_path, family=family)
+    ref = load_model(policy_path, family=family)[0] if peft is None else None
     value_model = value_model if value_model is not None else build_score_model(policy_path, family, seed=args.seed)
     return PPOTrainer(args=args, processing_class=processor, model=policy, ref_model=ref, reward_model=reward_model,
                       train_dataset=train_dataset, value_model=value_model, eval_dataset=eval_dataset,

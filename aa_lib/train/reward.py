@@ -72,7 +72,8 @@ def _base(backbone):
 
 
 class MultimodalRewardTrainer(transformers.Trainer):
-    """Bradley-Terry training of a `RewardModel` on PairCollator batches (TRL's RewardTrainer loss, incl. center_rewards_coefficient)."""
+    """Bradley-Terry training of a `RewardModel` on PairCollator batches: TRL's RewardTrainer loss, with its
+    center_rewards_coefficient."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rewards = model(**inputs)

@@ -38,9 +38,9 @@ def build_sft_trainer(config: SFTConfig, model_path, dataset) -> trl.SFTTrainer:
                                     data_collator=collator, processing_class=processor)
     peft = peft_config_for(model, family, config)
     if not is_multimodal(family):
-        tok = processor
         ds = dataset if not isinstance(dataset, list) else as_dataset(dataset).remove_columns("aa_row")
-        return trl.SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tok, peft_config=peft)
+        return trl.SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=processor,
+                              peft_config=peft)
     config.remove_unused_columns = False  # the collator needs the raw media columns
     config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     collator = SFTCollator(processor, family, max_length=config.max_length, num_frames=config.num_frames)
