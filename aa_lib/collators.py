@@ -50,7 +50,7 @@ class CollatorError(ValueError):
 
 
 def example_name(example: dict, index: int) -> str:
-    """How errors name an example: its dataset row when the trainer recorded it (`aa_row`), else its id, else position."""
+    """How errors name an example: its dataset row if the trainer recorded it (`aa_row`), else its id, else position."""
     for key in ("aa_row", "row", "id", "index"):
         if key in example and example[key] is not None:
             return f"example {key}={example[key]}"
@@ -241,17 +241,15 @@ class _Base:
                                 f"image-output training), not this text collator")
         return self.tokenizer(tail, add_special_tokens=False)["input_ids"]
 
-    def _check_fit(self, prompt_ids: list[int], name: str) -> None:
-        if self.max_length is not None and len(prompt_ids) >= self.max_length:
-            n_media = sum(1 for t in prompt_ids if t in self.media_ids)
-            raise CollatorError(
-                f"{name}: the prompt takes {len(prompt_ids)} tokens ({n_media} of them media tokens) but "
-                f"max_length is {self.max_length}, leaving no room for the response; media tokens are never "
-                f"truncated: raise max_length or shorten the prompt")
-
     def _row(self, prompt: list[dict], completion: list[dict] | None, example: dict, name: str) -> dict:
+        """One row; `completion=None`: a generation prompt, which may fill max_length (a response needs a token)."""
         prompt_ids, media = self._encode_prompt(prompt, example, name)
-        self._check_fit(prompt_ids, name)
+        if self.max_length is not None and len(prompt_ids) >= self.max_length + (completion is None):
+            n_media = sum(1 for t in prompt_ids if t in self.media_ids)
+            why = ("; media tokens are never truncated" if completion is None else ", leaving no room for the "
+                   "response; media tokens are never truncated: raise max_length or shorten the prompt")
+            raise CollatorError(f"{name}: the prompt takes {len(prompt_ids)} tokens ({n_media} of them media "
+                                f"tokens) but max_length is {self.max_length}{why}")
         comp_ids = [] if completion is None else self._encode_completion(prompt, completion, name)
         if self.max_length is not None:
             comp_ids = comp_ids[: self.max_length - len(prompt_ids)]
@@ -364,12 +362,6 @@ class PromptCollator(_Base):
     """
 
     keep_examples: bool = field(default=False, metadata={"help": "Return the raw examples under 'examples'."})
-
-    def _check_fit(self, prompt_ids, name):
-        if self.max_length is not None and len(prompt_ids) > self.max_length:
-            n_media = sum(1 for t in prompt_ids if t in self.media_ids)
-            raise CollatorError(f"{name}: the prompt takes {len(prompt_ids)} tokens ({n_media} of them media "
-                                f"tokens) but max_length is {self.max_length}; media tokens are never truncated")
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         rows = []

@@ -23,9 +23,7 @@ def default_encoder_path() -> Path:
 def _encoder(path: str):
     from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    return tok, model
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
 @torch.no_grad()

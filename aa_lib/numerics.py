@@ -86,14 +86,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def in_effect() -> dict:
+def in_effect(environ=None) -> dict:
     """What this process computes under: CPU model, torch's CPU capability, the pinning variables, thread count
-    (capability and threads are None in a process that never loaded torch)."""
-    torch = sys.modules.get("torch")
+    (capability and threads are None in a process that never loaded torch). `environ`: what a process started
+    with that environment computes under, as far as it can be told from outside (capability and threads None)."""
+    torch = sys.modules.get("torch") if environ is None else None
+    env = os.environ if environ is None else environ
     return {"cpu_model": cpu_model(), "machine": platform.machine(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
-            "pinned": not is_native() and applies_here(), "torch_threads": torch.get_num_threads() if torch else None,
-            "env": {k: os.environ.get(k) for k in REPORTED_ENV}}
+            "pinned": not is_native(env) and applies_here(),
+            "torch_threads": torch.get_num_threads() if torch else None, "env": {k: env.get(k) for k in REPORTED_ENV}}
 
 
 def fingerprint_part(environ=None) -> str:

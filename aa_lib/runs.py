@@ -75,17 +75,19 @@ class RunSpec:
         if unknown or "notebook" not in data:
             raise ValueError(f"{path}: a run spec needs `notebook` and may have parameters/grid/needs/profiles; "
                              f"unknown keys: {sorted(unknown)}")
-        return cls(name=Path(path).stem, notebook=REPO_ROOT / data["notebook"], parameters=data.get("parameters") or {},
-                   grid=data.get("grid") or {}, needs=list(data.get("needs") or []), profiles=data.get("profiles") or {},
-                   smoke=data.get("smoke") or {})
+        return cls(name=Path(path).stem, notebook=REPO_ROOT / data["notebook"], needs=list(data.get("needs") or []),
+                   **{k: data.get(k) or {} for k in ("parameters", "grid", "profiles", "smoke")})
+
+    def _merged(self, key: str, profile: str, smoke: bool) -> dict:
+        """`parameters` or `grid`, with this profile's overrides and (on request) the smoke ones over them."""
+        return {**getattr(self, key), **self.profiles.get(profile, {}).get(key, {}),
+                **(self.smoke.get(key, {}) if smoke else {})}
 
     def runs(self, profile: str = "tiny", smoke: bool = False, subtasks: list | None = None) -> list[tuple[str, dict]]:
         """(run name, parameters) for every grid combination at this profile (at smoke size on request); `subtasks`
         replaces a `subtask` grid (the subtasks a paths YAML names)."""
-        over = self.profiles.get(profile, {})
-        small = self.smoke if smoke else {}
-        base = {**self.parameters, **over.get("parameters", {}), **small.get("parameters", {}), "profile": profile}
-        grid = {**self.grid, **over.get("grid", {}), **small.get("grid", {})}
+        base = {**self._merged("parameters", profile, smoke), "profile": profile}
+        grid = self._merged("grid", profile, smoke)
         if subtasks is not None and "subtask" in grid:
             grid["subtask"] = list(subtasks)
         keys = sorted(grid)
@@ -207,22 +209,16 @@ def imported_aa_lib_files() -> list[str]:
     return sorted(files)
 
 
-def code_hashes(files: list[str] | None = None, root: Path | None = None) -> dict[str, str]:
-    """sha256 of package files (relative paths; default: every file of the package) under `root` (PACKAGE_ROOT)."""
-    root = Path(root or PACKAGE_ROOT)
-    if files is None:
-        files = _package_files(root)
-    return {f: (_sha((root / f).read_bytes()) if (root / f).is_file() else "missing") for f in files}
+def code_hashes(files: list[str] | None = None) -> dict[str, str]:
+    """sha256 of package files (paths relative to PACKAGE_ROOT; default: every file of the package)."""
+    root = PACKAGE_ROOT
+    return {f: (_sha((root / f).read_bytes()) if (root / f).is_file() else "missing")
+            for f in (_package_files(root) if files is None else files)}
 
 
-def code_unchanged(recorded: dict[str, str] | None, root: Path | None = None) -> bool:
+def code_unchanged(recorded: dict[str, str] | None) -> bool:
     """True when every aa_lib file a finished run used still has the content it had then."""
-    return bool(recorded) and code_hashes(list(recorded), root) == recorded
-
-
-def grid_keys(spec: RunSpec, profile: str = "tiny", smoke: bool = False) -> set[str]:
-    over, small = spec.profiles.get(profile, {}), (spec.smoke if smoke else {})
-    return set(spec.grid) | set(over.get("grid", {})) | set(small.get("grid", {}))
+    return bool(recorded) and code_hashes(list(recorded)) == recorded
 
 
 def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tiny", smoke: bool = False,
@@ -230,7 +226,7 @@ def matching_runs(spec: RunSpec, params: dict, dep: RunSpec, profile: str = "tin
     """The runs of `dep` that a run of `spec` with `params` reads: those agreeing on the grid keys both specs share
     (llf_main's subtask=ti2t, seed=1 reads policy's subtask=ti2t, seed=1); every run when they share none (a
     figure reads them all)."""
-    shared = grid_keys(spec, profile, smoke) & grid_keys(dep, profile, smoke)
+    shared = set(spec._merged("grid", profile, smoke)) & set(dep._merged("grid", profile, smoke))
     return [r for r, p in dep.runs(profile, smoke, subtasks) if all(p.get(k) == params.get(k) for k in shared)]
 
 
@@ -294,15 +290,11 @@ def execute_run(spec: RunSpec, run: str, params: dict, runs_root: Path, force: b
     gets "busy" instead of deleting the first one's work in progress."""
     lock_path = Path(runs_root) / spec.name / f".{run}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path, timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
+        with FileLock(lock_path, timeout=0):
+            return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
+    except Timeout:  # raised only by the lock: nothing in a run uses filelock
         return RunOutcome(spec.name, run, "busy", error=f"another process is executing it (lock {lock_path})")
-    try:
-        return _execute_locked(spec, run, params, Path(runs_root), force, timeout_s, figures_dir, deps)
-    finally:
-        lock.release()
 
 
 def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figures_dir, deps) -> RunOutcome:
@@ -346,16 +338,13 @@ def _execute_locked(spec, run, params, runs_root: Path, force, timeout_s, figure
         provenance = json.loads(provenance_path.read_text())
         provenance_path.unlink()
     else:
-        provenance = {"code": code_hashes(), "numerics": {
-            "cpu_model": numerics.cpu_model(), "machine": platform.machine(), "torch_cpu_capability": None,
-            "pinned": not numerics.is_native(env) and numerics.applies_here(), "torch_threads": None,
-            "env": {k: env.get(k) for k in numerics.REPORTED_ENV}}}
+        provenance = {"code": code_hashes(), "numerics": numerics.in_effect(env)}
     manifest = {"spec": spec.name, "run": run, "notebook": str(spec.notebook.relative_to(REPO_ROOT)),
                 "profile": params.get("profile", "tiny"), "seed": params.get("seed", params.get("seeds")),
                 "fingerprint": fp, "code": provenance["code"], "numerics": provenance["numerics"],
                 "git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
-                "python": platform.python_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
-                "duration_s": round(seconds, 2)}
+                "python": platform.python_version(), "duration_s": round(seconds, 2),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))}
     write_text_atomic(partial / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     if final.exists():  # an outdated finished run: replace it only now that the new one is complete
         trash = final.with_name(f".{run}.old")
@@ -432,6 +421,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
+    jobs = max(1, jobs)
     specs = ordered(load_specs(specs_root or runs_root), names)
     by_name = {s.name: s for s in specs}
     depth = _downstream_depth(specs)
@@ -448,8 +438,8 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
     state: dict[tuple[str, str], str] = {}  # (spec, run) -> done / skipped / failed / busy
     outcomes: list[RunOutcome] = []
     running = {}
-    progress = _Progress(len(todo), max(1, jobs), log)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    progress = _Progress(len(todo), jobs, log)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         while todo or running:
             for item in list(todo):
                 _, spec, run, params, deps = item
@@ -461,7 +451,7 @@ def run_specs(names: list[str] | None = None, *, profile: str = "tiny", jobs: in
                     o = RunOutcome(spec.name, run, "failed", error=f"needs {', '.join(bad)}, which did not finish")
                     outcomes.append(o)
                     progress.report(o, f"not run: {o.error}")
-                elif len(running) < max(1, jobs) and all(state.get(n) in ("done", "skipped") for n in needed):
+                elif len(running) < jobs and all(state.get(n) in ("done", "skipped") for n in needed):
                     todo.remove(item)
                     fut = pool.submit(execute_run, spec, run, params, Path(runs_root), force, timeout_s,
                                       figures_dir, deps)

@@ -12,11 +12,8 @@ preference synthesis; DPO+LLF and PPO+LLF train aa_lib's DPO trainer, or a rewar
    format, saved to disk.
 4. `win_rate`: Table 3's metric, the share of prompts whose self-improved response wins (ties count half).
 
-Every stage generates with `generate`: prompts batched with LEFT padding (aa_lib.collators.PromptCollator, which also
-runs the family's processor on images / video / audio) and the KV cache. Sampling is done per row by
-`generation._RowSampler` with a generator seeded from (seed, the row's key), so a row's sample does not depend on which batch
-it lands in or on batch order: batched and one-at-a-time generation agree, and a resumed synthesis reproduces
-the uninterrupted one.
+Every stage generates with `generate` (aa_lib.llf.generation), whose sampling is seeded per row from (seed, the row's
+key): batched and one-at-a-time generation agree, and a resumed synthesis reproduces the uninterrupted one.
 """
 from aa_lib.llf.feedback import (REFINE_TEMPLATE, build_feedback_trainer, critique_example, critiques,
                                  feedback_sft_examples, is_critic, refine_example, self_improve, train_feedback_model,
@@ -28,9 +25,7 @@ from aa_lib.llf.synthesis import (SynthesisConfig, item_id, load_synthesized, no
 
 __all__ = [
     "REFINE_TEMPLATE", "GenerationOptions", "Generation", "generate", "generate_detailed", "example_key",
-    "critique_example", "critiques", "is_critic", "refine_example", "train_feedback_model",
-    "build_feedback_trainer", "feedback_sft_examples",
-    "self_improve", "SynthesisConfig", "synthesize_preferences", "pair_filter", "item_id", "load_synthesized",
-    "to_reward_pairs", "normalize_ws", "win_rate",
-    "MEDIA_COLUMNS",
+    "critique_example", "critiques", "is_critic", "refine_example", "train_feedback_model", "build_feedback_trainer",
+    "feedback_sft_examples", "self_improve", "SynthesisConfig", "synthesize_preferences", "pair_filter", "item_id",
+    "load_synthesized", "to_reward_pairs", "normalize_ws", "win_rate", "MEDIA_COLUMNS",
 ]

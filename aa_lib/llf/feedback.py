@@ -15,38 +15,26 @@ REFINE_TEMPLATE = "{critique}. Now, please refine the response based on the crit
 
 
 # ---------------------------------------------------------------------------------------------------- conversations
-def _typed(messages: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) for m in messages)
-
-
 def _msg(role: str, text: str, typed: bool) -> dict:
     return {"role": role, "content": [{"type": "text", "text": text}] if typed else text}
 
 
-def _has_audio(example: dict) -> bool:
-    return bool(example.get("audios"))
-
-
-def _media_of(example: dict) -> dict:
-    return {k: example[k] for k in MEDIA_COLUMNS if example.get(k)}
+def _follow_up(example: dict, response: str, request: str) -> dict:
+    """user x (+ media); assistant y; user `request`, with content typed (parts) as x's is."""
+    prompt = list(example["prompt"])
+    typed = any(isinstance(m.get("content"), list) for m in prompt)
+    return {"prompt": prompt + [_msg("assistant", response, typed), _msg("user", request, typed)],
+            **{k: example[k] for k in MEDIA_COLUMNS if example.get(k)}}
 
 
 def critique_example(example: dict, response: str) -> dict:
     """The feedback model's prompt (SPEC §3.1): user x (+ media); assistant y; user critique request."""
-    prompt = list(example["prompt"])
-    typed = _typed(prompt)
-    request = CRITIQUE_REQUEST_AUDIO if _has_audio(example) else CRITIQUE_REQUEST
-    return {"prompt": prompt + [_msg("assistant", response, typed), _msg("user", request, typed)],
-            **_media_of(example)}
+    return _follow_up(example, response, CRITIQUE_REQUEST_AUDIO if example.get("audios") else CRITIQUE_REQUEST)
 
 
 def refine_example(example: dict, response: str, critique: str) -> dict:
     """The policy's self-improvement prompt (SPEC §3.2): user x; assistant y; user "{c}. Now, please refine ...". """
-    prompt = list(example["prompt"])
-    typed = _typed(prompt)
-    return {"prompt": prompt + [_msg("assistant", response, typed),
-                                _msg("user", REFINE_TEMPLATE.format(critique=critique), typed)],
-            **_media_of(example)}
+    return _follow_up(example, response, REFINE_TEMPLATE.format(critique=critique))
 
 
 # ---------------------------------------------------------------------------------------------------- feedback model
@@ -146,19 +134,13 @@ def self_improve(policy, prompts, feedback_model=None, *, processor=None, feedba
         feedback_model, feedback_processor = policy, processor
     else:
         feedback_model, feedback_processor = _as_model(feedback_model, feedback_processor)
-    examples = [dict(ex) for ex in _prompt_rows(prompts)]
+    import datasets
+
+    examples = [dict(ex) for ex in (_prompt_dataset(prompts) if isinstance(prompts, datasets.Dataset) else prompts)]
     keys = [example_key(ex) for ex in examples]
     return _improve(policy, processor, feedback_model, feedback_processor, examples, keys,
                     policy_options or GenerationOptions(do_sample=True), feedback_options, refine_options,
                     batch_size, seed)
-
-
-def _prompt_rows(prompts):
-    import datasets
-
-    if isinstance(prompts, datasets.Dataset):
-        return _prompt_dataset(prompts)
-    return list(prompts)
 
 
 def _prompt_dataset(prompts, subtask=None):

@@ -115,10 +115,6 @@ def seed_of(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def _family(model) -> str:
-    return family_for_model_type(model.config.model_type)
-
-
 def _as_options(options) -> GenerationOptions:
     if options is None:
         return GenerationOptions()
@@ -146,7 +142,8 @@ def generate_detailed(model, processor, examples: list[dict], options=None, batc
             keys.append(f"{k}#{seen[k]}")
     if len(keys) != len(examples):
         raise ValueError(f"generate: {len(keys)} keys for {len(examples)} examples")
-    collator = collator or PromptCollator(processor, _family(model), max_length=opts.max_prompt_length,
+    family = family_for_model_type(model.config.model_type)
+    collator = collator or PromptCollator(processor, family, max_length=opts.max_prompt_length,
                                           num_frames=opts.num_frames)
     tok = collator.tokenizer
     gen_cfg = transformers.GenerationConfig(
@@ -174,14 +171,9 @@ def generate_detailed(model, processor, examples: list[dict], options=None, batc
                 seqs = model.generate(**batch, generation_config=gen_cfg, logits_processor=procs)
             new = seqs[:, batch["input_ids"].shape[1]:].cpu()
             for row in new.tolist():
-                n = len(row)
-                finished = False
-                for j, t in enumerate(row):
-                    if t in eos_ids:
-                        n, finished = j + 1, True
-                        break
-                text = tok.decode(row[:n], skip_special_tokens=True).strip()
-                out.append(Generation(text, n, finished))
+                end = next((j for j, t in enumerate(row) if t in eos_ids), None)  # the first EOS
+                n = len(row) if end is None else end + 1
+                out.append(Generation(tok.decode(row[:n], skip_special_tokens=True).strip(), n, end is not None))
     finally:
         model.train(was_training)
     return out

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -157,14 +158,20 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
         raise ValueError("synthesize_preferences: no prompts")
     check_meta(out, {"seed": config.seed, "policy": str(policy) if isinstance(policy, (str, os.PathLike)) else None,
                       "feedback_model": str(feedback_model) if isinstance(feedback_model, (str, os.PathLike))
-                      else getattr(feedback_model, "name", None), "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
-                                                asdict(config.refine_generation)]})
+                      else getattr(feedback_model, "name", None),
+                      "generation": [asdict(config.policy_generation), asdict(config.feedback_generation),
+                                     asdict(config.refine_generation)]})
+
+    def judged(rec: dict) -> dict:
+        rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
+        rec["kept"] = rec["reason"] is None
+        return rec
+
     shard = out / SHARD
     done = read_shard(shard)
     resumed = len(done)
     for rec in done.values():  # filters are re-applied, so changing them needs no regeneration
-        rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
-        rec["kept"] = rec["reason"] is None
+        judged(rec)
     keys = [example_key(P[i]) for i in range(len(P))]
     rounds = config.max_rounds if config.target_size is not None else 1
     order = [(r, i, item_id(keys[i], r, config.seed)) for r in range(rounds) for i in range(len(P))]
@@ -179,13 +186,8 @@ def synthesize_preferences(config: SynthesisConfig, policy, prompts, feedback_mo
         examples = [P[i] for _, i, _ in batch]
         results = _improve(*models, examples, [iid for _, _, iid in batch], config.policy_generation,
                            config.feedback_generation, config.refine_generation, config.batch_size, config.seed)
-        records = []
-        for (r, i, iid), res in zip(batch, results):
-            rec = {"id": iid, "prompt_index": i, "sample_index": r, **res}
-            rec["reason"] = pair_filter(rec, config.max_response_tokens, config.drop_truncated)
-            rec["kept"] = rec["reason"] is None
-            records.append(rec)
-        return records
+        return [judged({"id": iid, "prompt_index": i, "sample_index": r, **res})
+                for (r, i, iid), res in zip(batch, results)]
 
     generated = run_items(shard, done, order, config.target_size, config.batch_size, make_records, on_batch)
     return _finalize(config, P, [done[iid] for _, _, iid in order if iid in done], resumed, generated)
@@ -240,10 +242,7 @@ def write_report(out: Path, records: list[dict], target: int | None, resumed: in
         kept = kept[:target]
     dropped = [{"id": r["id"], "prompt_index": r["prompt_index"], "sample_index": r["sample_index"],
                 "reason": r["reason"]} for r in records if not r["kept"]]
-    counts: dict[str, int] = {}
-    for d in dropped:
-        kind = d["reason"].split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
+    counts = dict(Counter(d["reason"].split(":", 1)[0] for d in dropped))  # in order of first occurrence
     report = {"items": len(records), "kept": len(kept), "dropped": len(dropped), "dropped_by_reason": counts,
               "target_size": target, "shortfall": max(0, target - len(kept)) if target is not None else 0,
               "resumed_items": resumed, "generated_items": generated, "dropped_items": dropped}
