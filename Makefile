@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py), keep both of a 2-core machine's cores busy
+# (README, Run time). Files that share a session fixture stay on one worker (conftest's xdist groups).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup tests
 
 figures: $(STAMP)
 	$(PY) -m aa_lib.runs all --jobs 2

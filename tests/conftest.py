@@ -56,3 +56,26 @@ def smoke_cells(tmp_path_factory):
         return dict(made[subtask])
 
     return get
+
+
+# `make test` runs on two pytest-xdist workers (`--dist loadgroup`). Tests of one file stay on one worker, so
+# module fixtures are built once, and files that share a session fixture (the smoke batch, the smoke policies,
+# SmolLM2's folder: a minute or more each) share a worker too, so each is built once per run.
+SHARED_SESSION_FIXTURES = ("smoke_batch", "smoke_cells", "smollm2")
+
+
+def pytest_collection_modifyitems(config, items):
+    group = {}  # test file -> the file naming its group (union-find over shared session fixtures)
+
+    def root(path):
+        while group.setdefault(path, path) != path:
+            path = group[path]
+        return path
+
+    for item in items:
+        for name in SHARED_SESSION_FIXTURES:
+            if name in item.fixturenames:
+                a, b = sorted((root(item.path.name), root(name)))
+                group[b] = a
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(root(item.path.name)))
