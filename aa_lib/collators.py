@@ -244,7 +244,8 @@ class _Base:
     def _row(self, prompt: list[dict], completion: list[dict] | None, example: dict, name: str) -> dict:
         """One row; `completion=None`: a generation prompt, which may fill max_length (a response needs a token)."""
         prompt_ids, media = self._encode_prompt(prompt, example, name)
-        if self.max_length is not None and len(prompt_ids) >= self.max_length + (completion is None):
+        room = 0 if completion is None else 1  # a training prompt must leave a token for its response
+        if self.max_length is not None and len(prompt_ids) > self.max_length - room:
             n_media = sum(1 for t in prompt_ids if t in self.media_ids)
             why = ("; media tokens are never truncated" if completion is None else ", leaving no room for the "
                    "response; media tokens are never truncated: raise max_length or shorten the prompt")
